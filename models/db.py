@@ -1,0 +1,91 @@
+"""Engines and sessions: the one place that knows how to reach the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.tables import CLIENT_INSTRUCTION_ID_SEQUENCE, IdCounter
+
+
+def normalise_url(url: str) -> str:
+    """`postgres://` and `postgresql://` use psycopg 3 (the driver we ship)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine for `url`. SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL a
+    pre-ping pool so a restarted server is reconnected to without a manual step."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's own BEGIN drive transactions (pysqlite's implicit ones break
+            # BEGIN IMMEDIATE), and keep writers waiting instead of failing.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            if parsed.database and parsed.database != ":memory:":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            # Writers take the lock at BEGIN, so two writers never deadlock on an upgrade.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+    kwargs["pool_recycle"] = 1800
+    return create_engine(url, **kwargs)
+
+
+def is_postgresql(engine_or_session: Engine | Session) -> bool:
+    bind = (
+        engine_or_session.get_bind()
+        if isinstance(engine_or_session, Session)
+        else engine_or_session
+    )
+    return bind.dialect.name == "postgresql"
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions with explicit transactions (`with factory.begin() as session:`)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def next_client_instruction_id(session: Session, start: int) -> int:
+    """The next clientInstructionId for a request that came without one.
+
+    Sequential, as IBKR prefers: `start - 1 + n` where n comes from a PostgreSQL sequence, or
+    from the `id_counters` row on databases without sequences (SQLite). Must be called inside a
+    transaction; on SQLite that transaction holds the write lock.
+    """
+    if is_postgresql(session):
+        value = session.execute(
+            text(f"SELECT nextval('{CLIENT_INSTRUCTION_ID_SEQUENCE}')")
+        ).scalar_one()
+    else:
+        value = session.execute(
+            text("UPDATE id_counters SET value = value + 1 WHERE name = :name RETURNING value"),
+            {"name": CLIENT_INSTRUCTION_ID_SEQUENCE},
+        ).scalar()
+        if value is None:
+            session.add(IdCounter(name=CLIENT_INSTRUCTION_ID_SEQUENCE, value=1))
+            session.flush()
+            value = 1
+    return int(start) - 1 + int(value)

@@ -1,0 +1,45 @@
+"""The `ibkr-worker` commands (see the contract): parse arguments, call a service, print.
+
+Command output goes to stdout; logs go to stderr. Each command reads the settings once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from worker import __version__
+from worker.config import ConfigError, Settings, load_settings
+from worker.logging import configure_logging
+
+
+def settings_or_exit() -> Settings:
+    """Load the settings, or stop with one clear line naming the bad setting (exit 2)."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        click.echo(f"ibkr-worker: configuration error: {error}", err=True)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ibkr-worker")
+def cli() -> None:
+    """ibkr-worker: submit instruction requests to IBKR's Funds & Banking API exactly once,
+    follow each to a final status, and keep an audit trail of every change.
+
+    Settings come from the environment (and a .env file in the working directory);
+    see the README for the full table.
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="ibkr-worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,7 @@ class Settings:
     ibkr_private_key_file: Path | None = field(default=None, repr=False)
     ibkr_scope: str = DEFAULT_SCOPE
     ibkr_assertion_audience: str = "/token"
+    # 0 lifts a client-side limit (benchmarks against a sandbox without limits).
     max_requests_per_second_per_endpoint: int = 10
     max_requests_per_minute: int = 600
     rate_limit_margin_s: float = 0.05
@@ -204,9 +205,9 @@ def load_settings(
         ibkr_scope=env.get("IBKR_SCOPE") or DEFAULT_SCOPE,
         ibkr_assertion_audience=env.get("IBKR_ASSERTION_AUDIENCE") or "/token",
         max_requests_per_second_per_endpoint=_int(
-            env, "IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT", 10, minimum=1
+            env, "IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT", 10, minimum=0
         ),
-        max_requests_per_minute=_int(env, "IBKR_MAX_REQUESTS_PER_MINUTE", 600, minimum=1),
+        max_requests_per_minute=_int(env, "IBKR_MAX_REQUESTS_PER_MINUTE", 600, minimum=0),
         rate_limit_margin_s=margin,
         poll=PollOverrides(
             initial_delay_s=_float(env, "POLL_INITIAL_DELAY_S"),

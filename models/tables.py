@@ -97,6 +97,8 @@ class ClientInstruction(Base):
             postgresql_where=text("next_poll_at IS NOT NULL"),
         ),
         Index("ix_client_instructions_account_created", "account_id", "created_at"),
+        # `status` by clientInstructionId: the owner first, else the newest duplicate row.
+        Index("ix_client_instructions_client_instruction_id_id", "client_instruction_id", "id"),
         Index("ix_client_instructions_status_created", "status", "created_at"),
     )
 
@@ -187,6 +189,8 @@ class AuditEvent(Base):
         Index("ix_audit_events_instruction_id_id", "instruction_id", "id"),
         Index("ix_audit_events_instruction_set_id_id", "instruction_set_id", "id"),
         Index("ix_audit_events_account_id_at", "account_id", "at"),
+        # `audit --account`: oldest first (by id) without sorting the account's whole history.
+        Index("ix_audit_events_account_id_id", "account_id", "id"),
         Index("ix_audit_events_correlation_id_id", "correlation_id", "id"),
         Index("ix_audit_events_at", "at"),
     )

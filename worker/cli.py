@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from worker import __version__
+from worker import __version__, cli_queries
 from worker.config import ConfigError, Settings, load_settings
 from worker.logging import configure_logging
 
@@ -34,6 +34,12 @@ def cli() -> None:
     Settings come from the environment (and a .env file in the working directory);
     see the README for the full table.
     """
+
+
+cli.add_command(cli_queries.migrate)
+cli.add_command(cli_queries.status)
+cli.add_command(cli_queries.audit)
+cli.add_command(cli_queries.dead_letters)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from worker import __version__, cli_queries
+from worker import __version__, cli_ops, cli_queries
 from worker.config import ConfigError, Settings, load_settings
 from worker.logging import configure_logging
 
@@ -40,6 +40,11 @@ cli.add_command(cli_queries.migrate)
 cli.add_command(cli_queries.status)
 cli.add_command(cli_queries.audit)
 cli.add_command(cli_queries.dead_letters)
+cli.add_command(cli_ops.worker_command)
+cli.add_command(cli_ops.scheduler_command)
+cli.add_command(cli_ops.submit_command)
+cli.add_command(cli_ops.health_command)
+cli_queries.dead_letters.add_command(cli_ops.replay_command)
 
 
 def main() -> None:

@@ -1,0 +1,212 @@
+"""RabbitMQ (or an in-process stub) for inbound requests, the event exchange and dead letters.
+
+dramatiq carries the inbound `ibkr.instructions` queue (publisher confirms on); pika publishes
+events to the topic exchange with confirms and drains dramatiq's `.XQ` queue, where messages
+that could not even be decoded end up before any middleware sees them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dramatiq
+import pika
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exchange_type import ExchangeType
+
+from worker.events import EVENTS_EXCHANGE, OutgoingEvent
+from worker.logging import get_logger
+
+log = get_logger(__name__)
+
+QUEUE_NAME = "ibkr.instructions"
+ACTOR_NAME = "submit_instruction"
+DEAD_LETTER_QUEUE = QUEUE_NAME + ".XQ"
+
+
+def is_stub_url(url: str) -> bool:
+    return url.startswith("stub:")
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """The dramatiq broker for `url` (`amqp://...` RabbitMQ with confirms, `stub://` in-process)."""
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=15 * 60 * 1000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        # Only infrastructure trouble (database or network down) raises out of our actor; bad
+        # input never does. Up to ~1.5 h of retries rides out a restart without a manual step.
+        Retries(max_retries=100, min_backoff=1_000, max_backoff=60_000),
+        CurrentMessage(),
+    ]
+    broker: dramatiq.Broker
+    if is_stub_url(url):
+        broker = StubBroker(middleware=middleware)
+    else:
+        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    broker.declare_queue(QUEUE_NAME)
+    return broker
+
+
+def build_message(kwargs: dict[str, Any]) -> dramatiq.Message[Any]:
+    """The plain dramatiq message a producer publishes for one request."""
+    return dramatiq.Message(
+        queue_name=QUEUE_NAME, actor_name=ACTOR_NAME, args=(), kwargs=kwargs, options={}
+    )
+
+
+class AmqpConnection:
+    """One pika connection and channel, reopened on demand after a broker restart."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    def channel(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self.close()
+            params = pika.URLParameters(self._url)
+            params.heartbeat = 60
+            params.blocked_connection_timeout = 30
+            self._connection = pika.BlockingConnection(params)
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+            self._on_open(self._channel)
+        return self._channel
+
+    def _on_open(self, channel: BlockingChannel) -> None:
+        return None
+
+    def close(self) -> None:
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()
+        except Exception:  # closing a broken connection may itself fail; it is gone either way
+            log.debug("closing the AMQP connection failed", exc_info=True)
+        self._connection = None
+        self._channel = None
+
+
+class AmqpEventPublisher(AmqpConnection):
+    """Publishes events to the durable topic exchange with publisher confirms."""
+
+    def _on_open(self, channel: BlockingChannel) -> None:
+        channel.exchange_declare(EVENTS_EXCHANGE, exchange_type=ExchangeType("topic"), durable=True)
+
+    def publish(self, events: Sequence[OutgoingEvent]) -> None:
+        try:
+            channel = self.channel()
+            for event in events:
+                channel.basic_publish(
+                    exchange=EVENTS_EXCHANGE,
+                    routing_key=event.routing_key,
+                    body=event.body,
+                    properties=pika.BasicProperties(
+                        content_type="application/json",
+                        delivery_mode=2,
+                        message_id=event.event_id,
+                        timestamp=int(time.time()),
+                        type=event.routing_key,
+                    ),
+                )
+        except Exception:
+            self.close()
+            raise
+
+
+class DeadLetterDrain(AmqpConnection):
+    """Moves messages from dramatiq's `.XQ` queue into the dead-letters table.
+
+    `record(body, message_id, reason)` must commit before the message is acknowledged.
+    """
+
+    def drain(self, record: Callable[[bytes, str | None, str], None], *, limit: int = 100) -> int:
+        moved = 0
+        try:
+            channel = self.channel()
+            channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, passive=False)
+            for _ in range(limit):
+                method, _properties, body = channel.basic_get(DEAD_LETTER_QUEUE, auto_ack=False)
+                if method is None or method.delivery_tag is None:
+                    break
+                raw = body if isinstance(body, bytes) else (body or "").encode()
+                message_id, reason = explain_dead_message(raw)
+                record(raw, message_id, reason)
+                channel.basic_ack(method.delivery_tag)
+                moved += 1
+        except Exception:
+            self.close()
+            raise
+        return moved
+
+
+def explain_dead_message(body: bytes) -> tuple[str | None, str]:
+    """(message id, reason) for a body dramatiq gave up on."""
+    try:
+        message = dramatiq.Message.decode(body)
+    except Exception as error:  # noqa: BLE001 - any decoding failure is the reason itself
+        return None, f"not a valid dramatiq message ({type(error).__name__}: {str(error)[:300]})"
+    if message.actor_name != ACTOR_NAME:
+        return message.message_id, f"unknown actor {message.actor_name!r} (expected {ACTOR_NAME!r})"
+    traceback = message.options.get("traceback")
+    if isinstance(traceback, str) and traceback.strip():
+        last = traceback.strip().splitlines()[-1]
+        retries = message.options.get("retries", 0)
+        return message.message_id, f"failed after {retries} retries: {last[:500]}"
+    return message.message_id, "rejected by the broker (expired or dead-lettered)"
+
+
+def publish_raw(url: str, bodies: Sequence[bytes]) -> None:
+    """Publish raw message bodies to the inbound queue on the default exchange (replay)."""
+    connection = AmqpConnection(url)
+    try:
+        channel = connection.channel()
+        for body in bodies:
+            channel.basic_publish(
+                exchange="",
+                routing_key=QUEUE_NAME,
+                body=body,
+                properties=pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            )
+    finally:
+        connection.close()
+
+
+def broker_reachable(url: str, timeout_s: float = 5.0) -> str | None:
+    """None when RabbitMQ at `url` accepts a connection, else the reason."""
+    if is_stub_url(url):
+        return None
+    result: list[str | None] = ["timed out"]
+
+    def attempt() -> None:
+        try:
+            params = pika.URLParameters(url)
+            params.socket_timeout = timeout_s
+            params.connection_attempts = 1
+            connection = pika.BlockingConnection(params)
+            connection.close()
+            result[0] = None
+        except Exception as error:  # noqa: BLE001 - any failure to connect is the answer
+            result[0] = f"{type(error).__name__}: {error}"
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1)
+    return result[0]

@@ -1,0 +1,346 @@
+"""The running commands: `worker`, `scheduler`, `submit`, `health`, `dead-letters replay`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import make_engine, make_session_factory
+from worker.config import ConfigError, Settings
+from worker.ibkr.requests import RequestValidationError, parse_request
+from worker.logging import get_logger
+from worker.migrate import is_up_to_date
+
+log = get_logger(__name__)
+OUTBOX_MAX_AGE_S = 60.0
+
+
+def _settings() -> Settings:
+    from worker.cli import settings_or_exit
+
+    return settings_or_exit()
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"ibkr-worker: {message}", err=True)
+    sys.exit(code)
+
+
+def _require_ready(settings: Settings) -> None:
+    """Stop at start, with one clear line, when credentials or the schema are missing."""
+    try:
+        settings.require_ibkr_credentials()
+    except ConfigError as error:
+        _fail(f"configuration error: {error}", 2)
+    try:
+        if not is_up_to_date(settings.database_url):
+            _fail("the database schema is not up to date; run `ibkr-worker migrate` first", 2)
+    except SQLAlchemyError as error:
+        _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.wait(1.0):
+        pass
+
+
+@click.command("worker")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes.",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Threads per process.",
+)
+def worker_command(processes: int, threads: int) -> None:
+    """Run the dramatiq consumers of `ibkr.instructions` (RabbitMQ from BROKER_URL).
+
+    Each message is validated, persisted and submitted to IBKR exactly once in effect; SIGTERM
+    finishes the messages in hand and returns the rest to the queue.
+    """
+    settings = _settings()
+    _require_ready(settings)
+    if processes > 1:
+        _supervise(processes, threads)
+        return
+    from dramatiq import Worker
+
+    from worker.actors import declare_actors
+    from worker.broker import make_broker
+    from worker.metrics import Metrics
+    from worker.runtime import build_runtime
+
+    metrics = Metrics()
+    runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=threads)
+    if settings.metrics_port:
+        metrics.watch_database(runtime.ctx.session_factory)
+        metrics.serve(settings.metrics_port)
+    broker = make_broker(settings.broker_url)
+    declare_actors(broker, runtime.ctx)
+    consumer = Worker(broker, worker_threads=threads, worker_timeout=1000)
+    consumer.start()
+    log.info("worker started", threads=threads, queue="ibkr.instructions")
+    try:
+        wait_for_signal()
+    finally:
+        log.info("worker stopping: finishing the messages in hand")
+        consumer.stop(timeout=30_000)
+        broker.close()
+        runtime.close()
+
+
+def _supervise(processes: int, threads: int) -> None:
+    """Run `processes` single-process workers and forward SIGTERM/SIGINT to them."""
+    command = [
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "worker",
+        "--processes",
+        "1",
+        "--threads",
+        str(threads),
+    ]
+    children = [subprocess.Popen(command) for _ in range(processes)]
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    if any(codes):
+        sys.exit(max(codes))
+
+
+@click.command("scheduler")
+@click.option(
+    "--poll-threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Concurrent status calls.",
+)
+def scheduler_command(poll_threads: int) -> None:
+    """Run the poll scheduler, the outbox relay and the dead-letter drain.
+
+    Several schedulers may run at once on PostgreSQL (rows are claimed with leases); run one
+    on SQLite.
+    """
+    settings = _settings()
+    _require_ready(settings)
+    from worker.broker import AmqpEventPublisher, DeadLetterDrain, is_stub_url
+    from worker.events import EventPublisher, MemoryPublisher
+    from worker.metrics import Metrics
+    from worker.runtime import build_runtime
+    from worker.scheduler import Scheduler
+
+    metrics = Metrics()
+    runtime = build_runtime(
+        settings, actor="scheduler", observer=metrics, pool_size=poll_threads + 4
+    )
+    if settings.metrics_port:
+        metrics.watch_database(runtime.ctx.session_factory)
+        metrics.serve(settings.metrics_port + 1)
+    stub = is_stub_url(settings.broker_url)
+    publisher: EventPublisher = (
+        MemoryPublisher() if stub else AmqpEventPublisher(settings.broker_url)
+    )
+    drain = None if stub else DeadLetterDrain(settings.broker_url)
+    scheduler = Scheduler(runtime.ctx, publisher, drain, poll_threads=poll_threads)
+    scheduler.start()
+    log.info("scheduler started", poll_threads=poll_threads)
+    try:
+        wait_for_signal()
+    finally:
+        log.info("scheduler stopping")
+        scheduler.stop()
+        runtime.close()
+
+
+def read_entries(raw_text: str) -> list[Any]:
+    """One JSON object, a JSON array, or JSON Lines -> the list of entries (ValueError names the
+    line that is not JSON)."""
+    stripped = raw_text.strip()
+    if not stripped:
+        raise ValueError("the input is empty")
+    try:
+        whole = json.loads(stripped)
+    except json.JSONDecodeError:
+        entries = []
+        for number, line in enumerate(stripped.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: not valid JSON ({error.msg})") from None
+        return entries
+    return whole if isinstance(whole, list) else [whole]
+
+
+def entry_kwargs(number: int, entry: Any) -> dict[str, Any]:
+    """The actor's keyword arguments for one entry, validated (ValueError names entry and field)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {number}: must be a JSON object")
+    if "instructionType" in entry:
+        kwargs: dict[str, Any] = {"request": entry}
+    elif "request" in entry:
+        unexpected = sorted(set(entry) - {"request", "correlation_id"})
+        if unexpected:
+            raise ValueError(f"entry {number}: unexpected keys {', '.join(unexpected)}")
+        kwargs = dict(entry)
+        correlation_id = kwargs.get("correlation_id")
+        if correlation_id is not None and (
+            not isinstance(correlation_id, str)
+            or len(correlation_id) > 128
+            or not correlation_id.isascii()
+        ):
+            raise ValueError(
+                f"entry {number}: correlation_id must be an ASCII string of at most 128 characters"
+            )
+        if correlation_id is None:
+            kwargs.pop("correlation_id", None)
+    else:
+        raise ValueError(
+            f"entry {number}: neither a request body (with instructionType) nor "
+            '{"request": ..., "correlation_id": ...}'
+        )
+    try:
+        parse_request(kwargs["request"])
+    except RequestValidationError as error:
+        raise ValueError(f"entry {number}: {error}") from None
+    return kwargs
+
+
+def member_ids(request: dict[str, Any]) -> list[Any]:
+    members = request["instructions"] if "instructions" in request else [request["instruction"]]
+    return [member.get("clientInstructionId") for member in members]
+
+
+@click.command("submit")
+@click.argument("source", default="-", type=click.File("r", encoding="utf-8"))
+def submit_command(source: Any) -> None:
+    """Publish instruction requests from FILE (or - for standard input) to `ibkr.instructions`.
+
+    FILE holds one JSON object, a JSON array, or JSON Lines; each entry is a bare IBKR request
+    body or {"request": ..., "correlation_id": ...}. Prints one JSON line per request member:
+    its clientInstructionId (null when the worker assigns it) and the messageId. Invalid input
+    exits 2 naming the entry and field, and nothing is published.
+    """
+    settings = _settings()
+    try:
+        entries = read_entries(source.read())
+        all_kwargs = [entry_kwargs(number, entry) for number, entry in enumerate(entries, start=1)]
+    except ValueError as error:
+        _fail(f"invalid input: {error}; nothing was published", 2)
+    from worker.broker import build_message, make_broker
+
+    broker = make_broker(settings.broker_url)
+    try:
+        for kwargs in all_kwargs:
+            message = build_message(kwargs)
+            broker.enqueue(message)
+            for client_instruction_id in member_ids(kwargs["request"]):
+                if isinstance(client_instruction_id, str) and client_instruction_id.isdigit():
+                    client_instruction_id = int(client_instruction_id)
+                click.echo(
+                    json.dumps(
+                        {
+                            "clientInstructionId": client_instruction_id,
+                            "messageId": message.message_id,
+                        }
+                    )
+                )
+    finally:
+        broker.close()
+
+
+@click.command("health")
+def health_command() -> None:
+    """Exit 0 when the database and the broker answer and the outbox is flowing (no event
+    older than a minute waits); otherwise exit 1 with the reasons."""
+    settings = _settings()
+    from worker.broker import broker_reachable
+    from worker.tracking.outbox import oldest_unpublished_at
+
+    problems: list[str] = []
+    try:
+        engine = make_engine(settings.database_url)
+        with make_session_factory(engine)() as session:
+            session.execute(text("SELECT 1"))
+            if not is_up_to_date(settings.database_url):
+                problems.append("database: schema not up to date (run `ibkr-worker migrate`)")
+            else:
+                oldest = oldest_unpublished_at(session)
+                if oldest is not None:
+                    age = (datetime.now(UTC) - oldest).total_seconds()
+                    if age > OUTBOX_MAX_AGE_S:
+                        problems.append(
+                            f"outbox: the oldest unpublished event waits for {age:.0f} s "
+                            "(is a scheduler running?)"
+                        )
+        engine.dispose()
+    except SQLAlchemyError as error:
+        problems.append(f"database: unreachable ({type(error).__name__})")
+    broker_problem = broker_reachable(settings.broker_url)
+    if broker_problem is not None:
+        problems.append(f"broker: unreachable ({broker_problem})")
+    if problems:
+        for problem in problems:
+            click.echo(f"unhealthy: {problem}")
+        sys.exit(1)
+    click.echo("healthy: database, broker and outbox OK")
+
+
+@click.command("replay")
+@click.argument("ids", nargs=-1, required=True, type=int)
+def replay_command(ids: tuple[int, ...]) -> None:
+    """Re-enqueue the dead letters IDS (from `dead-letters list`) to `ibkr.instructions`."""
+    settings = _settings()
+    from worker.broker import publish_raw
+    from worker.tracking.deadletters import letters_to_replay
+
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    try:
+        with factory.begin() as session:
+            letters = letters_to_replay(session, list(ids))
+            publish_raw(settings.broker_url, [letter.body.encode("utf-8") for letter in letters])
+            now = datetime.now(UTC)
+            for letter in letters:
+                letter.replay_count += 1
+                letter.replayed_at = now
+    except (LookupError, ValueError) as error:
+        _fail(str(error), 1)
+    finally:
+        engine.dispose()
+    for letter_id in ids:
+        click.echo(json.dumps({"id": letter_id, "replayed": True}))

@@ -1,0 +1,160 @@
+"""Prometheus metrics for the worker and the scheduler (an HTTP port each, off by default).
+
+Counters and histograms are fed by the tracking observer; the state gauges (instructions by
+status, overdue, oldest pending age, dead letters, outbox backlog) are read from the database
+when scraped, at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import ClientInstruction, DeadLetter, OutboxEvent
+from worker.ibkr.responses import ApiResult, Outcome
+
+_ID_SEGMENT = re.compile(r"/\d+(?=/|$)")
+NOT_FINAL = ("RECEIVED", "SUBMITTING", "PENDING", "PENDING_VERIFICATION")
+
+
+def path_template(path: str) -> str:
+    """`/gw/api/v1/client-instructions/123` -> `/gw/api/v1/client-instructions/{id}`."""
+    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+
+
+class Metrics:
+    """The process's metrics; also the tracking observer."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.api_calls = Counter(
+            "ibkr_api_calls",
+            "Calls to IBKR's API by endpoint and HTTP status (or outcome without a response)",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "ibkr_api_latency_seconds",
+            "Latency of calls to IBKR's API",
+            ["method", "endpoint"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.throttled = Counter(
+            "ibkr_api_throttled", "429 answers from IBKR", registry=self.registry
+        )
+        self.status_changes = Counter(
+            "ibkr_instruction_status_changes",
+            "Tracked status changes by instruction type and new status",
+            ["instruction_type", "status"],
+            registry=self.registry,
+        )
+
+    # Observer protocol -------------------------------------------------------------------
+    def api_call(self, result: ApiResult) -> None:
+        exchange = result.exchange
+        endpoint = path_template(exchange.path)
+        status = (
+            str(exchange.http_status) if exchange.http_status is not None else result.outcome.value
+        )
+        self.api_calls.labels(exchange.method, endpoint, status).inc()
+        if exchange.latency_ms is not None:
+            self.api_latency.labels(exchange.method, endpoint).observe(exchange.latency_ms / 1000)
+        if result.outcome is Outcome.THROTTLED:
+            self.throttled.inc()
+
+    def status_changed(self, instruction_type: str, to_status: str) -> None:
+        self.status_changes.labels(instruction_type, to_status).inc()
+
+    def watch_database(
+        self, session_factory: sessionmaker[Session], max_age_s: float = 15.0
+    ) -> None:
+        """Add the state gauges read from the database."""
+        self.registry.register(_StateCollector(session_factory, max_age_s))
+
+    def serve(self, port: int) -> None:
+        """Serve `/metrics` on `port` (all interfaces) from a daemon thread."""
+        start_http_server(port, registry=self.registry)
+
+
+class _StateCollector:
+    def __init__(self, session_factory: sessionmaker[Session], max_age_s: float) -> None:
+        self._session_factory = session_factory
+        self._max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._cached_at = 0.0
+        self._cached: list[GaugeMetricFamily] = []
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._cached_at > self._max_age_s:
+                try:
+                    self._cached = self._read()
+                except Exception:  # noqa: BLE001 - a scrape must not fail while the database is away
+                    self._cached = []
+                self._cached_at = time.monotonic()
+            yield from self._cached
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        now = datetime.now(UTC)
+        with self._session_factory() as session:
+            by_status = GaugeMetricFamily(
+                "ibkr_instructions", "Tracked instructions by status", labels=["status"]
+            )
+            for status, count in session.execute(
+                select(ClientInstruction.status, func.count()).group_by(ClientInstruction.status)
+            ):
+                by_status.add_metric([status], count)
+            overdue = session.execute(
+                select(func.count()).where(
+                    ClientInstruction.overdue_at.is_not(None), ClientInstruction.final_at.is_(None)
+                )
+            ).scalar_one()
+            oldest = session.execute(
+                select(func.min(ClientInstruction.created_at)).where(
+                    ClientInstruction.next_poll_at.is_not(None)
+                )
+            ).scalar_one()
+            letters = session.execute(select(func.count()).select_from(DeadLetter)).scalar_one()
+            backlog = session.execute(
+                select(func.count(), func.min(OutboxEvent.created_at)).where(
+                    OutboxEvent.published_at.is_(None)
+                )
+            ).one()
+        families = [by_status]
+        families.append(
+            GaugeMetricFamily(
+                "ibkr_instructions_overdue", "Instructions past their deadline", value=overdue
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "ibkr_oldest_pending_age_seconds",
+                "Age of the oldest instruction without a final status",
+                value=(now - oldest).total_seconds() if oldest else 0.0,
+            )
+        )
+        families.append(GaugeMetricFamily("ibkr_dead_letters", "Dead letters kept", value=letters))
+        families.append(
+            GaugeMetricFamily("ibkr_outbox_backlog", "Events not yet published", value=backlog[0])
+        )
+        families.append(
+            GaugeMetricFamily(
+                "ibkr_outbox_oldest_age_seconds",
+                "Age of the oldest event not yet published",
+                value=(now - backlog[1]).total_seconds() if backlog[1] else 0.0,
+            )
+        )
+        return families

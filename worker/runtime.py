@@ -1,0 +1,75 @@
+"""Assemble a process: database, IBKR client with the shared rate budget, tracking context."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from sqlalchemy import Engine
+
+from models import make_engine, make_session_factory
+from worker.clock import Clock, SystemClock
+from worker.config import Settings
+from worker.ibkr.client import IbkrClient
+from worker.ibkr.ratelimit import RateLimiter, SqlLedger
+from worker.tracking.context import NullObserver, Observer, TrackingContext
+
+
+@dataclass
+class Runtime:
+    """What one process holds: close it on the way out."""
+
+    settings: Settings
+    engine: Engine
+    client: IbkrClient
+    ctx: TrackingContext
+
+    def close(self) -> None:
+        self.client.close()
+        self.engine.dispose()
+
+
+def process_owner(role: str) -> str:
+    """A lease-owner name unique to this process: host, pid and a random suffix."""
+    return f"{role}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    actor: str,
+    clock: Clock | None = None,
+    transport: httpx.BaseTransport | None = None,
+    private_key: RSAPrivateKey | None = None,
+    observer: Observer | None = None,
+    pool_size: int = 10,
+) -> Runtime:
+    """Engine, IBKR client (rate budget shared through the database) and tracking context."""
+    clock = clock or SystemClock()
+    engine = make_engine(settings.database_url, pool_size=pool_size)
+    limiter = RateLimiter(
+        SqlLedger(engine),
+        settings.max_requests_per_second_per_endpoint,
+        settings.max_requests_per_minute,
+        settings.rate_limit_margin_s,
+        clock,
+    )
+    client = IbkrClient(
+        settings, private_key=private_key, transport=transport, rate_limiter=limiter, clock=clock
+    )
+    ctx = TrackingContext(
+        settings=settings,
+        session_factory=make_session_factory(engine),
+        ibkr=client,
+        clock=clock,
+        actor=actor,
+        owner=process_owner(actor),
+        rng=random.Random(),
+        observer=observer or NullObserver(),
+    )
+    return Runtime(settings=settings, engine=engine, client=client, ctx=ctx)

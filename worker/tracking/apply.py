@@ -1,0 +1,218 @@
+"""Record a decision: ids, IBKR's view, the status change and the next look, in one transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import ClientInstruction, Instruction, InstructionSet, Submission
+from worker import jsontext
+from worker.ibkr.calendar import downtime_end
+from worker.ibkr.responses import ApiResult
+from worker.tracking import backoff
+from worker.tracking.context import TrackingContext
+from worker.tracking.decisions import Action, Decision, Tracked
+from worker.tracking.record import ApiCall, change_status, mark_overdue
+
+
+def tracked_of(row: ClientInstruction) -> Tracked:
+    return Tracked(
+        client_instruction_id=row.client_instruction_id,
+        instruction_type=row.instruction_type,
+        status=row.status,
+        attempt_count=row.attempt_count,
+        instruction_set_id=row.instruction_set_id,
+    )
+
+
+def api_call_of(result: ApiResult) -> ApiCall:
+    exchange = result.exchange
+    return ApiCall(
+        method=exchange.method,
+        path=exchange.path,
+        http_status=exchange.http_status,
+        latency_ms=exchange.latency_ms,
+        response_body=exchange.response_body,
+    )
+
+
+def scheduled_for(submission: Submission | None, row: ClientInstruction) -> datetime | None:
+    """The `dateTimeToOccur` of a scheduled instruction, if any (deadlines count from it)."""
+    if submission is None:
+        return None
+    body = jsontext.loads(submission.request_json)
+    member = (
+        body.get("instruction") if not submission.is_bulk else body["instructions"][row.position]
+    )
+    raw = member.get("dateTimeToOccur") if isinstance(member, dict) else None
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def next_look_at(
+    ctx: TrackingContext, row: ClientInstruction, decision: Decision, now: datetime
+) -> datetime | None:
+    """When to look at `row` again after `decision` (None: never, it is final)."""
+    if decision.action is Action.DONE:
+        return None
+    if decision.action is Action.POLL:
+        bulk = row.submission.is_bulk if row.submission is not None else False
+        profile = backoff.profile_for(row.instruction_type, ctx.settings.poll, bulk=bulk)
+        delay = backoff.pending_delay_s(profile, row.poll_count, overdue=row.overdue_at is not None)
+    elif decision.action is Action.RESOLVE and not decision.is_error:
+        delay = backoff.RESOLVE_DELAY_S
+    elif (
+        decision.action is Action.RESOLVE
+        and decision.retry_after_s is None
+        and row.error_retry_count <= 1
+    ):
+        delay = backoff.RESOLVE_DELAY_S
+    else:
+        delay = backoff.error_delay_s(max(row.error_retry_count, 1), decision.retry_after_s)
+    at = now + timedelta(seconds=backoff.jittered(delay, ctx.rng))
+    return spread_past_downtime(ctx, at)
+
+
+def spread_past_downtime(ctx: TrackingContext, at: datetime) -> datetime:
+    """Move a look that would fall in IBKR's scheduled downtime to just after the window,
+    spread over a minute so that the end of a window is no thundering herd."""
+    if not ctx.settings.honor_downtime:
+        return at
+    end = downtime_end(at)
+    if end is None:
+        return at
+    return end + timedelta(seconds=ctx.rng.uniform(1.0, 60.0))
+
+
+def upsert_instruction(
+    session: Session, row: ClientInstruction, decision: Decision, now: datetime
+) -> None:
+    """Keep IBKR's view of the instruction (by IBKR's instructionId)."""
+    if decision.instruction_id is None or decision.to_status == "CONFLICT":
+        return
+    instruction = session.execute(
+        select(Instruction).where(Instruction.instruction_id == decision.instruction_id)
+    ).scalar_one_or_none()
+    if instruction is None:
+        instruction = Instruction(instruction_id=decision.instruction_id, created_at=now)
+        session.add(instruction)
+    instruction.client_instruction_pk = row.id
+    instruction.instruction_set_id = decision.instruction_set_id or row.instruction_set_id
+    instruction.instruction_type = row.instruction_type
+    instruction.ibkr_status = decision.ibkr_status
+    instruction.ib_reference_id = decision.ib_reference_id
+    instruction.processed_at = decision.processed_timestamp
+    if decision.result is not None:
+        instruction.result = jsontext.to_plain(decision.result)
+    instruction.updated_at = now
+
+
+def upsert_instruction_set(
+    session: Session,
+    instruction_set_id: int,
+    submission: Submission | None,
+    http_status: int | None,
+    now: datetime,
+) -> None:
+    existing = session.get(InstructionSet, instruction_set_id)
+    if existing is None:
+        session.add(
+            InstructionSet(
+                instruction_set_id=instruction_set_id,
+                submission_id=submission.id if submission else None,
+                http_status=http_status,
+                member_count=len(submission.members) if submission else 1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        existing.updated_at = now
+        existing.last_polled_at = now
+
+
+def apply_decision(
+    session: Session,
+    ctx: TrackingContext,
+    row: ClientInstruction,
+    decision: Decision,
+    *,
+    result: ApiResult | None,
+    now: datetime,
+    counts_as_poll: bool = False,
+) -> None:
+    """Record `decision` about `row` (already locked/leased by the caller's transaction)."""
+    api = api_call_of(result) if result is not None else None
+    if counts_as_poll:
+        row.poll_count += 1
+    if result is not None:
+        row.api_call_count += 1
+    row.error_retry_count = row.error_retry_count + 1 if decision.is_error else 0
+    if decision.to_status != "CONFLICT":
+        if decision.instruction_set_id is not None and row.instruction_set_id is None:
+            row.instruction_set_id = decision.instruction_set_id
+        if decision.instruction_id is not None:
+            row.instruction_id = decision.instruction_id
+        if decision.ib_reference_id is not None:
+            row.ib_reference_id = decision.ib_reference_id
+        if decision.result is not None:
+            row.result = jsontext.to_plain(decision.result)
+    if decision.error_code is not None:
+        row.error_code = decision.error_code
+        row.error_message = decision.error_message
+    if row.instruction_set_id is not None and decision.to_status not in (None, "CONFLICT"):
+        upsert_instruction_set(
+            session,
+            row.instruction_set_id,
+            row.submission,
+            result.http_status if result else None,
+            now,
+        )
+    upsert_instruction(session, row, decision, now)
+    if row.deadline_at is None and decision.action is Action.POLL:
+        bulk = row.submission.is_bulk if row.submission is not None else False
+        profile = backoff.profile_for(row.instruction_type, ctx.settings.poll, bulk=bulk)
+        row.deadline_at = backoff.deadline_at(now, profile, scheduled_for(row.submission, row))
+    row.next_poll_at = next_look_at(ctx, row, decision, now)
+    row.lease_owner = None
+    row.lease_expires_at = None
+    row.updated_at = now
+    details = dict(decision.extra_audit) if decision.extra_audit else None
+    if decision.to_status is not None and decision.to_status != row.status:
+        change_status(
+            session,
+            row,
+            decision.to_status,
+            reason=decision.reason,
+            actor=ctx.actor,
+            now=now,
+            api=api,
+            details=details,
+        )
+        ctx.observer.status_changed(row.instruction_type, decision.to_status)
+    elif decision.is_error or decision.action in (Action.RESOLVE, Action.RESEND):
+        # Nothing changed for the producers, but the trail says why we are looking again.
+        change_status(
+            session,
+            row,
+            row.status,
+            reason=decision.reason,
+            actor=ctx.actor,
+            now=now,
+            api=api,
+            details=details,
+        )
+    if (
+        row.deadline_at is not None
+        and row.overdue_at is None
+        and row.final_at is None
+        and now >= row.deadline_at
+    ):
+        mark_overdue(session, row, actor=ctx.actor, now=now)
+        row.next_poll_at = next_look_at(ctx, row, decision, now)

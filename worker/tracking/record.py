@@ -1,0 +1,179 @@
+"""The only way a tracked instruction changes: its row, an audit event and an outbox event, in the
+caller's transaction, so that no change is ever committed without its explanation and its
+announcement (and no announcement exists for a change that was not committed)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models import AuditEvent, ClientInstruction, OutboxEvent
+from models.views import FINAL_STATUSES, iso_utc, tracked_state
+from worker import jsontext
+from worker.logging import mask_bank_details
+
+ACTOR_WORKER = "worker"
+ACTOR_SCHEDULER = "scheduler"
+ACTOR_OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """The API exchange that showed a change, as the audit keeps it (body already parsed)."""
+
+    method: str
+    path: str
+    http_status: int | None
+    latency_ms: float | None
+    response_body: Any = None
+
+
+def append_audit(
+    session: Session,
+    row: ClientInstruction,
+    *,
+    from_status: str | None,
+    to_status: str | None,
+    reason: str,
+    actor: str,
+    now: datetime,
+    api: ApiCall | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one audit event about `row`. Response bodies are stored with bank account numbers
+    masked; tokens and signed bodies never reach this function."""
+    body: Any = None
+    if api is not None and api.response_body is not None:
+        body = jsontext.to_plain(mask_bank_details(api.response_body))
+        if not isinstance(body, dict):
+            body = {"body": body}
+    if details:
+        body = {**(body or {}), "details": jsontext.to_plain(mask_bank_details(details))}
+    event = AuditEvent(
+        at=now,
+        client_instruction_pk=row.id,
+        client_instruction_id=row.client_instruction_id,
+        instruction_id=row.instruction_id,
+        instruction_set_id=row.instruction_set_id,
+        account_id=row.account_id,
+        correlation_id=row.correlation_id,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        actor=actor,
+        api_method=api.method if api else None,
+        api_path=api.path if api else None,
+        api_http_status=api.http_status if api else None,
+        api_latency_ms=round(api.latency_ms, 3) if api and api.latency_ms is not None else None,
+        api_response=body,
+    )
+    session.add(event)
+    return event
+
+
+def emit_event(
+    session: Session, row: ClientInstruction, *, event: str, now: datetime
+) -> OutboxEvent:
+    """Queue an event about `row` in the outbox (published by the relay after commit).
+
+    `event` is `status_changed` (routing key `instruction.<status>`) or `overdue`.
+    """
+    row.event_sequence = (row.event_sequence or 0) + 1
+    event_id = str(uuid.uuid4())
+    body = {
+        **tracked_state(row),
+        "event": event,
+        "eventId": event_id,
+        "sequence": row.event_sequence,
+        "at": iso_utc(now),
+    }
+    routing_key = (
+        "instruction.overdue" if event == "overdue" else f"instruction.{row.status.lower()}"
+    )
+    outbox = OutboxEvent(
+        event_id=event_id,
+        client_instruction_pk=row.id,
+        sequence=row.event_sequence,
+        routing_key=routing_key,
+        body_json=jsontext.dumps(body),
+        created_at=now,
+        publish_attempts=0,
+    )
+    session.add(outbox)
+    return outbox
+
+
+def change_status(
+    session: Session,
+    row: ClientInstruction,
+    to_status: str,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    api: ApiCall | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Move `row` to `to_status` with its audit event and its outbox event.
+
+    Final statuses stamp `final_at` and take the row off the poll schedule. A "change" to the
+    same status only appends an audit note (no event: nothing changed for the producers).
+    """
+    from_status = row.status or None  # a new row starts with no status
+    if from_status == to_status:
+        append_audit(
+            session,
+            row,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            actor=actor,
+            now=now,
+            api=api,
+            details=details,
+        )
+        return
+    row.status = to_status
+    row.updated_at = now
+    if to_status in FINAL_STATUSES:
+        row.final_at = now
+        row.next_poll_at = None
+        row.lease_owner = None
+        row.lease_expires_at = None
+    session.flush()  # the row needs its id before the audit and outbox rows point at it
+    append_audit(
+        session,
+        row,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        actor=actor,
+        now=now,
+        api=api,
+        details=details,
+    )
+    emit_event(session, row, event="status_changed", now=now)
+
+
+def mark_overdue(session: Session, row: ClientInstruction, *, actor: str, now: datetime) -> None:
+    """Announce (once) that `row` passed its deadline without a final status; it keeps being
+    tracked, at the slowest cadence."""
+    row.overdue_at = now
+    row.updated_at = now
+    append_audit(
+        session,
+        row,
+        from_status=row.status,
+        to_status=row.status,
+        reason=(
+            f"overdue: no final status by the deadline {iso_utc(row.deadline_at)}; "
+            "still tracked at the slowest cadence"
+        ),
+        actor=actor,
+        now=now,
+    )
+    emit_event(session, row, event="overdue", now=now)

@@ -1,0 +1,134 @@
+"""Send a persisted request to IBKR and record the answer.
+
+Before every POST the members are committed as SUBMITTING with the attempt number, so that a
+crash at any point leaves a row the scheduler resolves with `GET /client-instructions/{id}`
+before anything is sent again. The answer and its audit events are recorded in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import ClientInstruction, Submission, is_postgresql
+from worker import jsontext
+from worker.ibkr.calendar import in_downtime
+from worker.ibkr.endpoints import endpoint_for
+from worker.ibkr.responses import Outcome
+from worker.logging import get_logger
+from worker.tracking.apply import apply_decision, spread_past_downtime, tracked_of
+from worker.tracking.context import TrackingContext
+from worker.tracking.decisions import after_submit
+from worker.tracking.record import append_audit, change_status
+
+log = get_logger(__name__)
+SENDABLE = frozenset({"RECEIVED", "SUBMITTING"})
+
+
+def lock_members(session: Session, submission_id: int) -> list[ClientInstruction]:
+    """The members of a submission, locked for this transaction (row locks on PostgreSQL; the
+    SQLite transaction already holds the write lock)."""
+    query = (
+        select(ClientInstruction)
+        .where(ClientInstruction.submission_id == submission_id)
+        .order_by(ClientInstruction.position)
+    )
+    if is_postgresql(session):
+        query = query.with_for_update()
+    return list(session.execute(query).scalars())
+
+
+def send(ctx: TrackingContext, submission_id: int) -> bool:
+    """POST the submission's body (attempt n+1) and record IBKR's answer for every member.
+
+    Returns False when there was nothing to send (already answered, or held for IBKR's
+    scheduled downtime).
+    """
+    now = ctx.clock.now()
+    with ctx.session_factory.begin() as session:
+        submission = session.get(Submission, submission_id)
+        if submission is None:
+            return False
+        members = lock_members(session, submission_id)
+        sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
+        if not sendable or len(sendable) != len(members):
+            return False
+        if ctx.settings.honor_downtime and in_downtime(now):
+            later = spread_past_downtime(ctx, now)
+            for member in members:
+                member.next_poll_at = later
+                member.lease_owner = None
+            append_audit(
+                session,
+                members[0],
+                from_status=members[0].status,
+                to_status=members[0].status,
+                reason=(
+                    "held: IBKR's Funds & Banking API is in its scheduled downtime; "
+                    "sending after the window"
+                ),
+                actor=ctx.actor,
+                now=now,
+            )
+            return False
+        submission.attempt_count += 1
+        submission.updated_at = now
+        attempt = submission.attempt_count
+        endpoint = endpoint_for(submission.instruction_type, bulk=submission.is_bulk)
+        lease_until = now + timedelta(seconds=ctx.lease_s)
+        for member in members:
+            member.attempt_count = attempt
+            member.next_poll_at = lease_until
+            member.lease_owner = ctx.owner
+            member.lease_expires_at = lease_until
+            change_status(
+                session,
+                member,
+                "SUBMITTING",
+                reason=f"sending attempt {attempt}: {endpoint.method} {endpoint.path}",
+                actor=ctx.actor,
+                now=now,
+            )
+        body: dict[str, Any] = jsontext.loads(submission.request_json)
+    result = ctx.ibkr.post_instruction(endpoint, body)
+    ctx.observer.api_call(result)
+    now = ctx.clock.now()
+    with ctx.session_factory.begin() as session:
+        submission = session.get(Submission, submission_id)
+        assert submission is not None
+        submission.http_status = result.http_status
+        submission.updated_at = now
+        if result.instruction_set_id is not None and result.outcome in (
+            Outcome.FINAL,
+            Outcome.ACCEPTED,
+            Outcome.REJECTED,
+        ):
+            submission.instruction_set_id = result.instruction_set_id
+        for member in lock_members(session, submission_id):
+            if member.status != "SUBMITTING" or member.attempt_count != attempt:
+                # Another process took over after our lease ran out; its record stands.
+                append_audit(
+                    session,
+                    member,
+                    from_status=member.status,
+                    to_status=member.status,
+                    reason=f"late answer to attempt {attempt} ignored: the instruction moved on",
+                    actor=ctx.actor,
+                    now=now,
+                )
+                continue
+            decision = after_submit(tracked_of(member), result, member.position)
+            apply_decision(session, ctx, member, decision, result=result, now=now)
+    log.info(
+        "instruction submitted",
+        submission_id=submission_id,
+        endpoint=endpoint.path,
+        attempt=attempt,
+        outcome=result.outcome.value,
+        http_status=result.http_status,
+        instruction_set_id=result.instruction_set_id,
+    )
+    return True

@@ -1,0 +1,309 @@
+"""The client over httpx's transport seam: signed POSTs, GETs, 429 waits, lost answers, logs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import structlog
+
+from worker.clock import ManualClock
+from worker.config import Settings
+from worker.ibkr.client import IbkrClient
+from worker.ibkr.endpoints import INTERNAL_CASH_TRANSFERS, endpoint_for
+from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
+from worker.ibkr.responses import Outcome
+from worker.ibkr.signing import NonAsciiBodyError
+
+BASE = "https://ibkr.test"
+BODY = {
+    "instructionType": "INTERNAL_CASH_TRANSFER",
+    "instruction": {
+        "clientInstructionId": 1012983,
+        "sourceAccountId": "U46377",
+        "targetAccountId": "U15667",
+        "amount": Decimal("123.45"),
+        "currency": "USD",
+    },
+}
+ACCEPTED = {
+    "status": 202,
+    "instructionSetId": 1703,
+    "instructionResult": {
+        "clientInstructionId": 1012983,
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instructionStatus": "PENDING",
+        "instructionId": 43091814,
+    },
+}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Gateway:
+    """Token endpoint plus a scripted /gw handler; records every /gw request."""
+
+    def __init__(self, gw: Handler) -> None:
+        self.gw = gw
+        self.requests: list[httpx.Request] = []
+        self.tokens: list[str] = []
+        self.token_status = 200
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth2/api/v1/token":
+            if self.token_status != 200:
+                return httpx.Response(self.token_status, json={"title": "Bad Request"})
+            token = f"eyJaccess{len(self.tokens)}.eyJx.c2lnbmF0dXJlMTIzNDU2Nzg"
+            self.tokens.append(token)
+            return httpx.Response(200, json={"access_token": token, "expires_in": 86399})
+        with self._lock:
+            self.requests.append(request)
+        return self.gw(request)
+
+
+def settings(**changes: Any) -> Settings:
+    base = Settings(
+        ibkr_base_url=BASE,
+        ibkr_client_id="acme",
+        ibkr_key_id="main",
+        max_requests_per_second_per_endpoint=10,
+        max_requests_per_minute=600,
+    )
+    return base.with_overrides(**changes)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def make_client(gateway: Gateway, key: Any, clock: ManualClock, **kwargs: Any) -> IbkrClient:
+    return IbkrClient(
+        settings(),
+        private_key=key,
+        transport=httpx.MockTransport(gateway),
+        clock=clock,
+        **kwargs,
+    )
+
+
+def test_post_sends_a_signed_jwt_body_with_the_bearer_token(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+    with make_client(gateway, rsa_private_key, clock) as client:
+        result = client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    assert result.outcome is Outcome.ACCEPTED
+    assert result.instruction_set_id == 1703
+    [request] = gateway.requests
+    assert request.method == "POST"
+    assert request.url == f"{BASE}/gw/api/v1/internal-cash-transfers"
+    assert request.headers["Content-Type"] == "application/jwt"
+    assert request.headers["Authorization"] == f"Bearer {gateway.tokens[0]}"
+    token = request.content.decode("ascii")
+    assert token.count(".") == 2
+    claims = jwt.decode(
+        token,
+        rsa_private_key.public_key(),
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims["instruction"]["amount"] == 123.45
+    assert claims["iss"] == "acme"
+    assert result.exchange.path == "/gw/api/v1/internal-cash-transfers"
+
+
+def test_body_is_signed_after_the_rate_limit_wait(rsa_private_key: Any, clock: ManualClock) -> None:
+    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+    limiter = RateLimiter(MemoryLedger(), 1, 0, 0.0, clock)
+    client = make_client(gateway, rsa_private_key, clock, rate_limiter=limiter)
+    client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)  # waits 1 s on the clock
+    first, second = (
+        jwt.decode(r.content, options={"verify_signature": False}) for r in gateway.requests
+    )
+    assert second["iat"] - first["iat"] == 1
+
+
+def test_gets_carry_no_body_and_report_the_path_template(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(200, json=dict(ACCEPTED, status=200)))
+    client = make_client(gateway, rsa_private_key, clock)
+    by_client_id = client.get_client_instruction(1012983)
+    by_id = client.get_instruction(43091814)
+    by_set = client.get_instruction_set(1703)
+    urls = [str(request.url) for request in gateway.requests]
+    assert urls == [
+        f"{BASE}/gw/api/v1/client-instructions/1012983",
+        f"{BASE}/gw/api/v1/instructions/43091814",
+        f"{BASE}/gw/api/v1/instruction-sets/1703",
+    ]
+    assert all(request.content == b"" for request in gateway.requests)
+    assert all("Content-Type" not in request.headers for request in gateway.requests)
+    assert by_client_id.exchange.path == "/gw/api/v1/client-instructions/{clientInstructionId}"
+    assert by_id.outcome is by_set.outcome is Outcome.ACCEPTED
+
+
+def test_get_refuses_a_bad_id(rsa_private_key: Any, clock: ManualClock) -> None:
+    client = make_client(Gateway(lambda r: httpx.Response(200)), rsa_private_key, clock)
+    with pytest.raises(ValueError, match="clientInstructionId must be a positive int"):
+        client.get_client_instruction(0)
+
+
+def test_429_is_waited_out_and_retried(rsa_private_key: Any, clock: ManualClock) -> None:
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "2"}),
+            httpx.Response(429),
+            httpx.Response(202, json=ACCEPTED),
+        ]
+    )
+    gateway = Gateway(lambda request: next(answers))
+    client = make_client(gateway, rsa_private_key, clock)
+    started = clock.monotonic()
+    result = client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    assert result.outcome is Outcome.ACCEPTED
+    assert len(gateway.requests) == 3
+    # 2 s from Retry-After, then 2**1 s backoff without the header.
+    assert clock.monotonic() - started == pytest.approx(4.0)
+
+
+def test_429_retries_are_limited(rsa_private_key: Any, clock: ManualClock) -> None:
+    gateway = Gateway(lambda request: httpx.Response(429, headers={"Retry-After": "1"}))
+    client = make_client(gateway, rsa_private_key, clock, throttle_retries=3)
+    result = client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    assert result.outcome is Outcome.THROTTLED
+    assert len(gateway.requests) == 4
+    assert result.retry_after_s == 1.0
+
+
+def test_long_retry_after_is_handed_back(rsa_private_key: Any, clock: ManualClock) -> None:
+    gateway = Gateway(lambda request: httpx.Response(429, headers={"Retry-After": "600"}))
+    client = make_client(gateway, rsa_private_key, clock)
+    result = client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    assert result.outcome is Outcome.THROTTLED
+    assert len(gateway.requests) == 1
+
+
+def test_server_error_is_transient_and_not_retried(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(503, json={"title": "Unavailable"}))
+    result = make_client(gateway, rsa_private_key, clock).post_instruction(
+        INTERNAL_CASH_TRANSFERS, BODY
+    )
+    assert result.outcome is Outcome.TRANSIENT
+    assert len(gateway.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteTimeout],
+)
+def test_post_without_an_answer_is_unknown(
+    rsa_private_key: Any, clock: ManualClock, error: type[httpx.TransportError]
+) -> None:
+    def lose(request: httpx.Request) -> httpx.Response:
+        raise error("lost", request=request)
+
+    result = make_client(Gateway(lose), rsa_private_key, clock).post_instruction(
+        INTERNAL_CASH_TRANSFERS, BODY
+    )
+    assert result.outcome is Outcome.UNKNOWN
+    assert result.http_status is None
+    assert "may have been processed" in (result.error_detail or "")
+
+
+def test_post_that_could_not_connect_is_transient(rsa_private_key: Any, clock: ManualClock) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    result = make_client(Gateway(refuse), rsa_private_key, clock).post_instruction(
+        INTERNAL_CASH_TRANSFERS, BODY
+    )
+    assert result.outcome is Outcome.TRANSIENT
+    assert "nothing was sent" in (result.error_detail or "")
+
+
+def test_get_without_an_answer_is_transient(rsa_private_key: Any, clock: ManualClock) -> None:
+    def lose(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("lost", request=request)
+
+    result = make_client(Gateway(lose), rsa_private_key, clock).get_instruction(5)
+    assert result.outcome is Outcome.TRANSIENT
+
+
+def test_refused_credentials_are_an_auth_failure_and_nothing_is_sent(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+    gateway.token_status = 400
+    result = make_client(gateway, rsa_private_key, clock).post_instruction(
+        INTERNAL_CASH_TRANSFERS, BODY
+    )
+    assert result.outcome is Outcome.AUTH_FAILED
+    assert gateway.requests == []
+    assert "token endpoint" in (result.error_detail or "")
+
+
+def test_401_after_reauthentication_is_an_auth_failure(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(401, json={"title": "Unauthorized"}))
+    result = make_client(gateway, rsa_private_key, clock).get_instruction(5)
+    assert result.outcome is Outcome.AUTH_FAILED
+    assert len(gateway.requests) == 2
+    assert len(gateway.tokens) == 2
+
+
+def test_non_ascii_body_is_refused_before_anything_is_sent(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+    body = {"instructionType": "X", "instruction": {"clientNote": "\u00fc"}}
+    with pytest.raises(NonAsciiBodyError):
+        make_client(gateway, rsa_private_key, clock).post_instruction(INTERNAL_CASH_TRANSFERS, body)
+    assert gateway.requests == []
+
+
+def test_post_instruction_needs_a_post_endpoint(rsa_private_key: Any, clock: ManualClock) -> None:
+    from worker.ibkr.endpoints import INSTRUCTION_STATUS
+
+    client = make_client(Gateway(lambda r: httpx.Response(200)), rsa_private_key, clock)
+    with pytest.raises(ValueError, match="not a POST endpoint"):
+        client.post_instruction(INSTRUCTION_STATUS, BODY)
+
+
+def test_each_call_logs_one_line_without_secrets(rsa_private_key: Any, clock: ManualClock) -> None:
+    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+    client = make_client(gateway, rsa_private_key, clock)
+    with structlog.testing.capture_logs() as logs:
+        client.post_instruction(endpoint_for("INTERNAL_CASH_TRANSFER", bulk=False), BODY)
+    calls = [entry for entry in logs if entry["event"] == "ibkr api call"]
+    assert len(calls) == 1
+    line = calls[0]
+    assert line["method"] == "POST"
+    assert line["path"] == "/gw/api/v1/internal-cash-transfers"
+    assert line["status"] == 202
+    assert line["latency_ms"] >= 0
+    assert line["outcome"] == "ACCEPTED"
+    text = repr(logs) + repr(client)
+    assert gateway.tokens[0] not in text
+    assert gateway.requests[0].content.decode() not in text
+    assert "eyJ" not in text
+
+
+def test_client_requires_credentials(rsa_private_key: Any) -> None:
+    from worker.config import ConfigError
+
+    with pytest.raises(ConfigError, match="IBKR_CLIENT_ID"):
+        IbkrClient(Settings(ibkr_key_id="k"), private_key=rsa_private_key)
+    with pytest.raises(ConfigError, match="IBKR_PRIVATE_KEY_FILE"):
+        IbkrClient(Settings(ibkr_client_id="c", ibkr_key_id="k"))

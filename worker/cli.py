@@ -36,6 +36,37 @@ def cli() -> None:
     """
 
 
+@cli.command("keygen")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, dir_okay=True),
+    help="Directory for the two PEM files (created if missing; existing keys are never replaced).",
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["3072", "4096"]),
+    default="3072",
+    show_default=True,
+    help="RSA key size IBKR accepts.",
+)
+def keygen_command(out_dir: str, bits: str) -> None:
+    """Write an RSA key pair in PEM to register with IBKR (private key mode 0600)."""
+    from worker.ibkr.keygen import generate_key_pair
+
+    try:
+        private_path, public_path = generate_key_pair(out_dir, int(bits))
+    except (FileExistsError, ValueError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"private key: {private_path}")
+    click.echo(f"public key:  {public_path}")
+    click.echo(
+        f"Send {public_path.name} (the public key only) to IBKR with your client registration; "
+        f"keep {private_path.name} secret and set IBKR_PRIVATE_KEY_FILE={private_path}."
+    )
+
+
 cli.add_command(cli_queries.migrate)
 cli.add_command(cli_queries.status)
 cli.add_command(cli_queries.audit)

@@ -1,0 +1,492 @@
+"""Routing and HTTP semantics of the sandbox, independent of any socket: `SandboxApp.handle`
+turns a `Request` into a `Response`. The HTTP server and the in-process httpx transport both
+call it, so tests over a socket and in-process see the same behaviour."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from worker import jsontext
+from worker.sandbox import fixtures
+from worker.sandbox.auth import (
+    SIGNED_JWT_POLICY_MESSAGE,
+    TOKEN_PATH,
+    AccessToken,
+    AuthFailure,
+)
+from worker.sandbox.gateway import quirk_body, retry_after_header
+from worker.sandbox.ledger import QueryThrottled
+from worker.sandbox.schemas import NOT_AN_OBJECT, RequestInvalid, validate_request
+
+if TYPE_CHECKING:
+    from worker.sandbox.server import Sandbox
+
+GW = "/gw/api/v1"
+JWKS_PATH = "/oauth2/api/v1/jwks"
+ADMIN = "/__admin"
+PATH_DETAIL = (
+    "Request path does not contain all expected fields, please consult provided documentation, "
+    "escalate to IB contact if issue persists"
+)
+
+#: Funds POST endpoints (relative to /gw/api/v1): the scope they need and whether bulk.
+FUNDS_POSTS: dict[str, tuple[str, bool]] = {
+    "/internal-cash-transfers": ("transfers.write", False),
+    "/internal-cash-transfers:bulk": ("transfers.write", True),
+    "/internal-asset-transfers": ("transfers.write", False),
+    "/internal-asset-transfers:bulk": ("transfers.write", True),
+    "/external-cash-transfers": ("transfers.write", False),
+    "/external-cash-transfers:bulk": ("transfers.write", True),
+    "/external-cash-transfers/query": ("transfers.read", False),
+    "/balances/query": ("balances.read", False),
+    "/external-asset-transfers": ("transfers.write", False),
+    "/external-asset-transfers:bulk": ("transfers.write", True),
+    "/bank-instructions": ("bank-instructions.write", False),
+    "/bank-instructions:bulk": ("bank-instructions.write", True),
+    "/bank-instructions/query": ("bank-instructions.read", False),
+    "/instructions/cancel": ("instructions.write", False),
+    "/instructions/cancel:bulk": ("instructions.write", True),
+    "/instructions/query": ("instructions.read", False),
+}
+_STATUS_GETS = (
+    (re.compile(r"^/client-instructions/([^/]+)$"), "/client-instructions/{clientInstructionId}"),
+    (re.compile(r"^/instructions/([^/]+)$"), "/instructions/{instructionId}"),
+    (re.compile(r"^/instruction-sets/([^/]+)$"), "/instruction-sets/{instructionSetId}"),
+)
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as the app sees it; `headers` keys are lower case."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    client_host: str = "127.0.0.1"
+
+
+@dataclass
+class Response:
+    """One HTTP answer. `drop`: close the connection without answering (a lost response)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+    close: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback client address (IPv4, IPv6, IPv4-mapped IPv6)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def json_response(status: int, body: Any, *, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer (exact Decimal amounts)."""
+    return Response(status, jsontext.dumps(body).encode("ascii"), headers=headers or {})
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    kind: str = "/simple",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """An `application/problem+json` answer in IBKR's shape."""
+    body = {"type": kind, "title": _TITLES.get(status, "Error"), "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    return Response(
+        status,
+        jsontext.dumps(body).encode("ascii"),
+        content_type="application/problem+json",
+        headers=headers or {},
+    )
+
+
+class SandboxApp:
+    """Routes requests to the token endpoint, the gateway checks, the ledger and admin API."""
+
+    def __init__(self, sandbox: Sandbox, *, real_time: Callable[[], float] = time.time) -> None:
+        self.sandbox = sandbox
+        self.config = sandbox.config
+        self._real_time = real_time
+
+    # --- entry ----------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        """Answer `request`; never raises for bad input (a sandbox bug answers 500)."""
+        parts = urlsplit(request.target)
+        path, query = parts.path, parse_qs(parts.query)
+        try:
+            if path.startswith(ADMIN + "/"):
+                return self._admin(request, path[len(ADMIN) :], query)
+            if path == TOKEN_PATH:
+                response = self._token(request)
+                self.sandbox.request_stats.record(
+                    f"POST {TOKEN_PATH}", response.status, "", self._real_time()
+                )
+                return response
+            if path == JWKS_PATH and request.method == "GET":
+                return json_response(200, self.sandbox.authority.jwks())
+            if path.startswith(GW + "/"):
+                route = path[len(GW) :]
+                endpoint = f"{request.method} {GW}{self._template(route)}"
+                response, client_id = self._gateway_inner(request, route, query, endpoint)
+                self.sandbox.request_stats.record(
+                    endpoint, 0 if response.drop else response.status, client_id, self._real_time()
+                )
+                return response
+            return problem(404, f"No such resource: {path}")
+        except Exception as error:  # noqa: BLE001 - a sandbox bug must answer, not hang
+            return problem(500, f"Internal Server Error: {type(error).__name__}: {error}")
+
+    def _template(self, route: str) -> str:
+        for pattern, template in _STATUS_GETS:
+            if pattern.match(route):
+                return template
+        return route
+
+    # --- token ----------------------------------------------------------------------------
+
+    def _token(self, request: Request) -> Response:
+        if request.method != "POST":
+            return problem(405, "Use POST for the token endpoint")
+        try:
+            body = self.sandbox.authority.issue_token(
+                request.headers.get("content-type", ""),
+                request.body,
+                host=request.headers.get("host"),
+                base_url=self.sandbox.base_url_or_none,
+            )
+        except AuthFailure as failure:
+            return problem(failure.status, failure.detail)
+        return json_response(200, body, headers={"Cache-Control": "no-store"})
+
+    # --- gateway --------------------------------------------------------------------------
+
+    def _gateway_inner(
+        self, request: Request, route: str, query: dict[str, list[str]], endpoint: str
+    ) -> tuple[Response, str]:
+        """The gateway checks (as far as IBKR's order is known), then the route. Returns the
+        answer and the client id (empty before authentication)."""
+        sandbox = self.sandbox
+        if len(request.body) > self.config.max_body_bytes:
+            return problem(413, "Request body exceeds the 20 MB limit"), ""
+        if sandbox.faults.roll("error_500_rate"):
+            return problem(500, "Internal Server Error"), ""
+        if sandbox.faults.roll("error_503_rate"):
+            return problem(503, "Service temporarily unavailable", headers={"Retry-After": "1"}), ""
+        hold_until: float | None = None
+        if self._is_funds(route):
+            window_end = sandbox.downtime.window_end()
+            if window_end is not None:
+                if self.config.downtime_behaviour == "reject":
+                    wait = window_end - sandbox.clock.timestamp()
+                    speed = sandbox.clock.speed
+                    retry_after = retry_after_header(wait / speed if speed else wait)
+                    detail = "Funds and Banking is in scheduled downtime"
+                    return problem(503, detail, headers={"Retry-After": retry_after}), ""
+                hold_until = window_end
+        try:
+            token = sandbox.authority.check_bearer(request.headers.get("authorization"))
+        except AuthFailure as failure:
+            headers = {"WWW-Authenticate": "Bearer"}
+            return problem(failure.status, failure.detail, headers=headers), ""
+        client_id = token.client.client_id
+        if request.method == "POST" and route in FUNDS_POSTS:
+            scope, bulk = FUNDS_POSTS[route]
+            response = self._funds_post(request, route, token, scope, bulk, endpoint, hold_until)
+        elif request.method == "GET":
+            response = self._gets(request, route, query, token, endpoint)
+        elif request.method == "POST" and route == "/echo/signed-jwt":
+            response = self._echo_signed(request, token, endpoint)
+        else:
+            status = 405 if self._known(route) else 404
+            response = problem(status, f"No such resource: {request.method} {route}")
+        return response, client_id
+
+    @staticmethod
+    def _is_funds(route: str) -> bool:
+        """Funds & Banking paths (subject to its downtime); echo and enumerations are not."""
+        return not route.startswith(("/echo/", "/enumerations/", "/participating-banks"))
+
+    def _echo_signed(self, request: Request, token: AccessToken, endpoint: str) -> Response:
+        checked = self._checked(token, ("echo.write",), endpoint)
+        if checked is not None:
+            return checked
+        try:
+            self._signed_payload(request, token)
+        except AuthFailure as failure:
+            return problem(failure.status, failure.detail)
+        body = {"requestMethod": "POST", "securityPolicy": "SIGNED_JWT", "queryParameters": {}}
+        return json_response(200, body)
+
+    def _known(self, route: str) -> bool:
+        return route in FUNDS_POSTS or any(p.match(route) for p, _ in _STATUS_GETS)
+
+    def _checked(
+        self, token: AccessToken, scopes: tuple[str, ...], endpoint: str
+    ) -> Response | None:
+        """403 when the token lacks every scope in `scopes`, 429 past the rate limits."""
+        if not any(scope in token.scopes for scope in scopes):
+            return problem(403, f"token lacks sufficient scope: {' or '.join(scopes)} required")
+        wait = self.sandbox.limiter.admit(token.client.client_id, endpoint)
+        if wait is not None:
+            return problem(
+                429,
+                "Too many requests: at most "
+                f"{self.config.max_requests_per_second_per_endpoint}/s per endpoint and "
+                f"{self.config.max_requests_per_minute}/min per client",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+        return None
+
+    def _signed_payload(self, request: Request, token: AccessToken) -> dict[str, Any]:
+        body = request.body
+        if not body.isascii():
+            raise AuthFailure(400, SIGNED_JWT_POLICY_MESSAGE)
+        text = body.decode("ascii").strip()
+        if not text or text[0] in '{["':
+            raise AuthFailure(400, SIGNED_JWT_POLICY_MESSAGE)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if self.config.require_jwt_content_type and content_type != "application/jwt":
+            raise AuthFailure(400, SIGNED_JWT_POLICY_MESSAGE)
+        return self.sandbox.authority.verify_signed_body(text, token.client)
+
+    def _render(self, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+        if self.config.quirks:
+            body = quirk_body(body)
+        if status in (403, 422) or (isinstance(body, dict) and "type" in body and status >= 400):
+            return Response(
+                status,
+                jsontext.dumps(body).encode("ascii"),
+                content_type="application/problem+json",
+                headers=headers or {},
+            )
+        return json_response(status, body, headers=headers)
+
+    def _funds_post(
+        self,
+        request: Request,
+        route: str,
+        token: AccessToken,
+        scope: str,
+        bulk: bool,
+        endpoint: str,
+        hold_until: float | None,
+    ) -> Response:
+        sandbox = self.sandbox
+        checked = self._checked(token, (scope,), endpoint)
+        if checked is not None:
+            return checked
+        try:
+            payload = self._signed_payload(request, token)
+        except AuthFailure as failure:
+            return problem(failure.status, failure.detail)
+        try:
+            validated = validate_request(route, payload, bulk=bulk)
+        except RequestInvalid as invalid:
+            return problem(
+                400,
+                invalid.detail or NOT_AN_OBJECT,
+                kind="/invalid-argument",
+                invalidArguments=invalid.invalid_arguments,
+            )
+        drop = sandbox.faults.roll("drop_response_rate")
+        try:
+            status, body = sandbox.ledger.submit(token.client, validated, hold_until=hold_until)
+        except QueryThrottled as throttled:
+            speed = sandbox.clock.speed
+            wait = throttled.retry_after_s / speed if speed else throttled.retry_after_s
+            return problem(429, throttled.detail, headers={"Retry-After": retry_after_header(wait)})
+        if drop:
+            return Response(0, drop=True, close=True)
+        return self._render(status, body)
+
+    def _gets(
+        self,
+        request: Request,
+        route: str,
+        query: dict[str, list[str]],
+        token: AccessToken,
+        endpoint: str,
+    ) -> Response:
+        ledger = self.sandbox.ledger
+        for pattern, template in _STATUS_GETS:
+            match = pattern.match(route)
+            if match is None:
+                continue
+            checked = self._checked(token, ("instructions.read",), endpoint)
+            if checked is not None:
+                return checked
+            raw = match.group(1)
+            if not raw.isdigit():
+                return problem(400, PATH_DETAIL)
+            number = int(raw)
+            client = token.client
+            if template.startswith("/instruction-sets"):
+                found_set = ledger.instruction_set(client, number)
+                if found_set is None:
+                    return problem(404, "No such instruction set found", instructionSetId=number)
+                return self._render(200, found_set)
+            if template.startswith("/client-instructions"):
+                found = ledger.by_client_instruction_id(client, number)
+            else:
+                found = ledger.by_instruction_id(client, number)
+            if found is None:
+                return problem(
+                    404,
+                    f"Funds & Banking: Could not get status for clientId: {client.client_id}, "
+                    f"transactionId : {number}",
+                )
+            return self._render(found[0], found[1])
+        if route == "/echo/https":
+            checked = self._checked(token, ("echo.read",), endpoint)
+            if checked is not None:
+                return checked
+            parameters = {name: values[0] for name, values in query.items()}
+            return json_response(
+                200,
+                {"requestMethod": "GET", "securityPolicy": "HTTPS", "queryParameters": parameters},
+            )
+        if route == "/participating-banks" or route.startswith("/enumerations/"):
+            checked = self._checked(token, ("enumerations.read", "accounts.read"), endpoint)
+            if checked is not None:
+                return checked
+            return self._enumeration(route, query)
+        return problem(405 if route in FUNDS_POSTS else 404, f"No such resource: GET {route}")
+
+    def _enumeration(self, route: str, query: dict[str, list[str]]) -> Response:
+        def arg(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        if route == "/participating-banks":
+            kind = arg("type")
+            if not kind:
+                return problem(400, PATH_DETAIL)
+            banks = fixtures.PARTICIPATING_BANKS.get(kind, [])
+            return json_response(200, {"type": kind, "participatingBanks": banks})
+        name = route[len("/enumerations/") :]
+        if name == "complex-asset-transfer":
+            if arg("instructionType") != "COMPLEX_ASSET_TRANSFER":
+                return problem(400, PATH_DETAIL)
+            brokers = list(fixtures.COMPLEX_ASSET_BROKERS)
+            return json_response(
+                200, {"instructionType": "COMPLEX_ASSET_TRANSFER", "brokers": brokers}
+            )
+        if name in fixtures.FULL_TRANSFER_BROKERS:
+            return json_response(
+                200, {"enumerationsType": name, "jsonData": fixtures.FULL_TRANSFER_BROKERS[name]}
+            )
+        if name == "wire-instructions":
+            account_id, currency = arg("accountId"), arg("currency")
+            if not account_id or not currency:
+                return problem(400, PATH_DETAIL)
+            return json_response(200, fixtures.wire_instructions(account_id, currency))
+        return problem(400, PATH_DETAIL)
+
+    # --- admin ----------------------------------------------------------------------------
+
+    def _admin(self, request: Request, route: str, query: dict[str, list[str]]) -> Response:
+        if not is_loopback(request.client_host):
+            return problem(403, "The admin API answers loopback clients only")
+        sandbox = self.sandbox
+        try:
+            data = json.loads(request.body or b"{}", parse_float=Decimal)
+        except ValueError:
+            return problem(400, "The admin API takes a JSON object")
+        if not isinstance(data, dict):
+            return problem(400, "The admin API takes a JSON object")
+        method = request.method
+        try:
+            return self._admin_route(method, route, query, data, sandbox)
+        except KeyError as error:
+            return problem(404, str(error.args[0] if error.args else error))
+        except (ValueError, TypeError) as error:
+            return problem(400, str(error))
+
+    def _admin_route(
+        self,
+        method: str,
+        route: str,
+        query: dict[str, list[str]],
+        data: dict[str, Any],
+        sandbox: Sandbox,
+    ) -> Response:
+        if method == "GET" and route == "/ledger-counts":
+            return json_response(200, {str(k): v for k, v in sandbox.ledger_counts().items()})
+        if method == "GET" and route == "/stats":
+            include = query.get("requests", ["false"])[0].lower() in ("1", "true", "yes")
+            return json_response(200, sandbox.stats(include_requests=include))
+        if method == "GET" and route == "/final-transitions":
+            return json_response(200, {str(k): v for k, v in sandbox.final_transitions().items()})
+        if method == "GET" and route == "/clock":
+            return json_response(200, sandbox.clock_state())
+        if method == "POST" and route == "/clock/advance":
+            sandbox.advance(float(data.get("seconds", 0)))
+            return json_response(200, sandbox.clock_state())
+        if method == "GET" and route == "/balances":
+            return json_response(200, sandbox.balances())
+        if method == "POST" and route == "/faults":
+            rates = {
+                name: float(data[name])
+                for name in ("error_500_rate", "error_503_rate", "drop_response_rate")
+                if name in data
+            }
+            return json_response(200, sandbox.set_faults(**rates))
+        if method == "POST" and route == "/revoke-tokens":
+            return json_response(200, {"revoked": sandbox.revoke_tokens()})
+        if method == "POST" and route == "/downtime":
+            end = sandbox.downtime_now(float(data.get("seconds", 0)))
+            return json_response(200, {"until": end})
+        if method == "POST" and route == "/clients":
+            sandbox.register_client(
+                client_id=str(data["clientId"]),
+                key_id=str(data["keyId"]),
+                public_key_pem=str(data["publicKeyPem"]).encode("ascii"),
+                scopes=data.get("scopes"),
+            )
+            return json_response(201, {"clientId": data["clientId"], "keyId": data["keyId"]})
+        match = re.match(r"^/deposits/(\d+)/arrived$", route)
+        if method == "POST" and match:
+            return json_response(200, sandbox.deposit_arrived(int(match.group(1))))
+        match = re.match(r"^/micro-amounts/(\d+)$", route)
+        if method == "GET" and match:
+            first, second = sandbox.micro_amounts(int(match.group(1)))
+            return json_response(200, {"creditAmount1": first, "creditAmount2": second})
+        match = re.match(r"^/instructions/(\d+)$", route)
+        if method == "GET" and match:
+            return json_response(200, sandbox.instruction(int(match.group(1))))
+        return problem(404, f"No such admin resource: {method} {route}")

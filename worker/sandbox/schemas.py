@@ -1,0 +1,198 @@
+"""Validation of a decoded request payload against IBKR's 2.29 request schemas.
+
+Produces IBKR's 400 `/invalid-argument` shape: one `{field, description}` per bad field, with the
+leaf field name as IBKR reports it (`sourceAccountId`, `iraContributionType`). A bulk request is
+refused whole when any item is malformed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from jsonschema import Draft7Validator
+
+from worker.sandbox.openapi import ENDPOINT_TYPES, INSTRUCTION_SCHEMAS
+
+MISSING = "Missing required parameter"
+INVALID = "Invalid or Missing required parameter"
+NOT_AN_OBJECT = "Input is not a JSON Object or doesn't contain all expected fields"
+#: clientInstructionId: "numeric, positive, at most 20 digits" (reference §4.2).
+_MAX_CLIENT_INSTRUCTION_ID = 10**20 - 1
+_DATE_FIELDS = ("tradeDate", "settleDate", "startDate", "endDate")
+
+
+class RequestInvalid(Exception):
+    """The payload breaks the schema; `invalid_arguments` lists every bad field."""
+
+    def __init__(self, invalid_arguments: list[dict[str, str]], detail: str = NOT_AN_OBJECT):
+        super().__init__(f"{detail}: {invalid_arguments}")
+        self.detail = detail
+        self.invalid_arguments = invalid_arguments
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A payload that passed validation."""
+
+    instruction_type: str
+    bulk: bool
+    #: The instruction objects (one for a single request), numbers as Decimal or int.
+    instructions: tuple[dict[str, Any], ...]
+
+
+def _prepare(schema: Any) -> Any:
+    # jsonschema divides by a float multipleOf, which a Decimal instance cannot take; a Decimal
+    # divisor keeps the check exact.
+    if isinstance(schema, dict):
+        return {
+            key: Decimal(repr(value)) if key == "multipleOf" else _prepare(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_prepare(item) for item in schema]
+    return schema
+
+
+_VALIDATORS = {
+    instruction_type: Draft7Validator(_prepare(schema))
+    for instruction_type, schema in INSTRUCTION_SCHEMAS.items()
+}
+
+
+def endpoint_types(path: str) -> tuple[str, ...] | None:
+    """The instructionTypes a POST path (relative to `/gw/api/v1`) accepts, or None."""
+    return ENDPOINT_TYPES.get(path)
+
+
+def _leaf(path: Any, default: str) -> str:
+    names = [part for part in path if isinstance(part, str)]
+    return names[-1] if names else default
+
+
+def _schema_errors(instruction_type: str, item: Any) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    errors = list(_VALIDATORS[instruction_type].iter_errors(item))
+    required_at = {tuple(error.absolute_path) for error in errors if error.validator == "required"}
+    for error in errors:
+        where = tuple(error.absolute_path)
+        if error.validator == "required":
+            present = error.instance if isinstance(error.instance, dict) else {}
+            for name in error.validator_value:
+                if name not in present:
+                    found.append((name, MISSING))
+        elif error.validator == "oneOf" and "tradingInstrument" in where:
+            found.append(
+                (
+                    "conid/tradingInstrumentDescription",
+                    "Either conid or tradingInstrumentDescription must be present",
+                )
+            )
+        elif error.validator == "minProperties" and where in required_at:
+            continue  # the missing fields are already named
+        else:
+            found.append((_leaf(error.absolute_path, "instruction"), INVALID))
+    return found
+
+
+def _is_date(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return len(value) == 10
+
+
+def _extra_errors(instruction_type: str, item: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rules the schema states in prose only (dates, id range, field pairs)."""
+    found: list[tuple[str, str]] = []
+    cid = item.get("clientInstructionId")
+    if isinstance(cid, int | Decimal) and not isinstance(cid, bool):
+        if cid != int(cid) or not 0 < cid <= _MAX_CLIENT_INSTRUCTION_ID:
+            found.append(("clientInstructionId", "Must be a positive whole number of <= 20 digits"))
+    for name in ("amount", "transferQuantity", "quantity"):
+        value = item.get(name)
+        if isinstance(value, int | Decimal) and not isinstance(value, bool) and value <= 0:
+            found.append((name, INVALID))
+    when = item.get("dateTimeToOccur")
+    if isinstance(when, str):
+        try:
+            parsed = datetime.fromisoformat(when)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            found.append(("dateTimeToOccur", INVALID))
+    for name in _DATE_FIELDS:
+        if name in item and not _is_date(item[name]):
+            found.append((name, INVALID))
+    if ("tradeDate" in item) != ("settleDate" in item):
+        missing = "settleDate" if "tradeDate" in item else "tradeDate"
+        found.append((missing, "tradeDate and settleDate must be given together"))
+    if "transferPrice" in item and not ("tradeDate" in item and "settleDate" in item):
+        found.append(("transferPrice", "transferPrice requires tradeDate and settleDate"))
+    if instruction_type == "QUERY_WITHDRAWABLE_FUNDS":
+        bank_details = ("bankAccountNumber" in item, "bankRoutingNumber" in item)
+        if "bankInstructionName" in item and any(bank_details):
+            found.append(
+                ("bankInstructionName", "Cannot be passed with bankAccountNumber/bankRoutingNumber")
+            )
+        elif any(bank_details) and not all(bank_details):
+            found.append(("bankAccountNumber/bankRoutingNumber", "Both must be given together"))
+    for nested in ("recurringInstructionDetail", "nonDisclosedDetail"):
+        value = item.get(nested)
+        if isinstance(value, dict):
+            for name in _DATE_FIELDS:
+                if name in value and not _is_date(value[name]):
+                    found.append((name, INVALID))
+    return found
+
+
+def _to_arguments(found: list[tuple[str, str]]) -> list[dict[str, str]]:
+    seen: set[tuple[str, str]] = set()
+    arguments: list[dict[str, str]] = []
+    for field_name, description in found:
+        if (field_name, description) not in seen:
+            seen.add((field_name, description))
+            arguments.append({"field": field_name, "description": description})
+    return arguments
+
+
+def validate_request(path: str, payload: Any, *, bulk: bool) -> ValidatedRequest:
+    """Check a decoded payload (JWT claims already removed) for the POST `path` (relative to
+    `/gw/api/v1`). Raises RequestInvalid listing every bad field."""
+    if not isinstance(payload, dict):
+        raise RequestInvalid([])
+    allowed = ENDPOINT_TYPES.get(path, ())
+    instruction_type = payload.get("instructionType")
+    if not isinstance(instruction_type, str) or instruction_type not in allowed:
+        raise RequestInvalid([{"field": "instructionType", "description": INVALID}])
+    key = "instructions" if bulk else "instruction"
+    raw_items = payload.get(key)
+    if bulk:
+        if not isinstance(raw_items, list) or not raw_items:
+            raise RequestInvalid([{"field": key, "description": MISSING}])
+        items = raw_items
+    else:
+        if raw_items is None:
+            raise RequestInvalid([{"field": key, "description": MISSING}])
+        items = [raw_items]
+    found: list[tuple[str, str]] = []
+    seen_ids: set[Any] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            found.append((key, INVALID))
+            continue
+        found.extend(_schema_errors(instruction_type, item))
+        found.extend(_extra_errors(instruction_type, item))
+        cid = item.get("clientInstructionId")
+        if bulk and cid is not None:
+            if cid in seen_ids:
+                found.append(("clientInstructionId", "Must be unique within the request"))
+            seen_ids.add(cid)
+    if found:
+        raise RequestInvalid(_to_arguments(found))
+    return ValidatedRequest(instruction_type, bulk, tuple(items))

@@ -1,0 +1,430 @@
+"""The sandbox as a running thing: `Sandbox` ties the clock, ledger, authority and gateway
+together, serves them over HTTP/1.1 keep-alive (standard library `ThreadingHTTPServer`), offers an
+httpx transport for in-process use, and exposes the admin operations as methods."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import structlog
+
+from worker.sandbox.app import Request, Response, SandboxApp, problem
+from worker.sandbox.auth import Authority, RegisteredClient
+from worker.sandbox.clock import VirtualClock
+from worker.sandbox.config import SandboxConfig
+from worker.sandbox.gateway import Downtime, Faults, RateLimiter, Stats, quirk_body
+from worker.sandbox.ledger import Instruction, Ledger
+
+log = structlog.get_logger(__name__)
+
+#: How often (real seconds) the background ticker applies due state changes.
+TICK_S = 0.05
+_HTTP_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    207: "Multi-Status",
+    208: "Already Reported",
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; requests on it are answered in order (keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in one write; Nagle would otherwise hold the body back.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.request, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.request, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the sandbox keeps statistics instead of an access log."""
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        app = self.server.app
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self._write(problem(411, "Send a Content-Length"), close=True)
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._write(problem(400, "Bad Content-Length"), close=True)
+            return
+        if length > app.config.max_body_bytes:
+            # Refuse before reading; the unread body makes the connection unusable.
+            self._write(problem(413, "Request body exceeds the 20 MB limit"), close=True)
+            return
+        body = self.rfile.read(length) if length > 0 else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        request = Request(method, self.path, headers, body, self.client_address[0])
+        response = app.handle(request)
+        if response.drop:
+            # The request was applied; its answer is lost with the connection.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._write(response, close=response.close)
+
+    def _write(self, response: Response, *, close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        reason = (
+            _HTTP_REASONS.get(response.status)
+            or self.responses.get(response.status, ("Unknown",))[0]
+        )
+        lines = [
+            f"HTTP/1.1 {response.status} {reason}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in response.headers.items())
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + response.body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:
+        self.app = app
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Cut keep-alive connections so no handler thread serves after stop."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class SandboxTransport(httpx.BaseTransport):
+    """An httpx transport answering from the sandbox in-process (no socket). A lost response
+    raises `httpx.RemoteProtocolError`, as a closed connection does."""
+
+    def __init__(self, sandbox: Sandbox, *, client_host: str = "127.0.0.1") -> None:
+        self._sandbox = sandbox
+        self._client_host = client_host
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        target = request.url.raw_path.decode("ascii")
+        answer = self._sandbox.app.handle(
+            Request(request.method, target, headers, body, self._client_host)
+        )
+        if answer.drop:
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        response_headers = {"Content-Type": answer.content_type, **answer.headers}
+        return httpx.Response(
+            answer.status, headers=response_headers, content=answer.body, request=request
+        )
+
+
+class _Callbacks:
+    """Posts every status change, signed with the sandbox key, to the configured URL, in order,
+    from one background thread (reference §7.4)."""
+
+    def __init__(self, url: str, authority: Authority) -> None:
+        self.url = url
+        self._authority = authority
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.sent = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="sandbox-callbacks", daemon=True)
+        self._thread.start()
+
+    def put(self, envelope: dict[str, Any]) -> None:
+        self._queue.put(envelope)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            envelope = self._queue.get()
+            if envelope is None:
+                return
+            now = int(time.time())
+            token = self._authority.sign(
+                {**envelope, "iss": "/token", "iat": now, "exp": now + 300}
+            )
+            request = urllib.request.Request(  # noqa: S310 - the operator configures the URL
+                self.url,
+                data=token.encode("ascii"),
+                headers={"Content-Type": "application/jwt"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                    self.sent += 1
+            except OSError as error:
+                self.failed += 1
+                log.warning("sandbox callback failed", url=self.url, error=str(error))
+
+
+class Sandbox:
+    """The bundled IBKR Funds & Banking simulator (reference §10)."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.clock = VirtualClock(speed=self.config.speed, start=self.config.start_time)
+        self.authority = Authority(self.config, self.clock)
+        self._callbacks = (
+            _Callbacks(self.config.callback_url, self.authority)
+            if self.config.callback_url
+            else None
+        )
+        self.ledger = Ledger(self.config, self.clock, on_change=self._status_changed)
+        self.limiter = RateLimiter(
+            self.config.max_requests_per_second_per_endpoint,
+            self.config.max_requests_per_minute,
+            enabled=self.config.rate_limits,
+        )
+        self.faults = Faults(
+            self.config.seed,
+            error_500_rate=self.config.error_500_rate,
+            error_503_rate=self.config.error_503_rate,
+            drop_response_rate=self.config.drop_response_rate,
+        )
+        self.downtime = Downtime(self.clock, calendar=self.config.downtime_calendar)
+        self.request_stats = Stats()
+        self.app = SandboxApp(self)
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        """Serve in background threads; port 0 picks a free port. Returns self."""
+        if self._server is not None:
+            raise RuntimeError("the sandbox is already running")
+        self._stopping.clear()
+        self._server = _Server((self.config.host, self.config.port), self.app)
+        serve = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="sandbox-http",
+            daemon=True,
+        )
+        tick = threading.Thread(target=self._tick, name="sandbox-ticker", daemon=True)
+        self._threads = [serve, tick]
+        for thread in self._threads:
+            thread.start()
+        log.info("sandbox started", base_url=self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close open connections (idempotent)."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        if self._callbacks is not None:
+            self._callbacks.close()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(TICK_S):
+            self.ledger.run_due()
+
+    @property
+    def port(self) -> int:
+        """The port being served (after start)."""
+        if self._server is None:
+            raise RuntimeError("the sandbox is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT` of the running sandbox."""
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}"
+
+    @property
+    def base_url_or_none(self) -> str | None:
+        """The base URL when serving, else None (in-process use)."""
+        return self.base_url if self._server is not None else None
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint of the running sandbox."""
+        return self.base_url + "/oauth2/api/v1/token"
+
+    def transport(self, *, client_host: str = "127.0.0.1") -> SandboxTransport:
+        """An httpx transport answering in-process (no socket, no start() needed)."""
+        return SandboxTransport(self, client_host=client_host)
+
+    # --- clients --------------------------------------------------------------------------
+
+    def register_client(
+        self,
+        client_id: str,
+        key_id: str,
+        public_key_pem: bytes,
+        scopes: Iterable[str] | None = None,
+        *,
+        counterparty: str = "default",
+        denied_instruction_types: Iterable[str] = (),
+    ) -> RegisteredClient:
+        """Accept requests from `client_id` signed with `public_key_pem` (PEM, RSA) under
+        `key_id`. `scopes` None allows every funds and echo scope; `denied_instruction_types`
+        answer 403 ERROR_PERMISSION_DENIED; a different `counterparty` sees none of the
+        default accounts."""
+        return self.authority.register_client(
+            client_id,
+            key_id,
+            public_key_pem,
+            scopes,
+            counterparty=counterparty,
+            denied_instruction_types=denied_instruction_types,
+        )
+
+    # --- admin operations (also under /__admin) ---------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time forward and apply what fell due."""
+        self.clock.advance(seconds)
+        self.ledger.run_due()
+
+    def clock_state(self) -> dict[str, Any]:
+        """Virtual now and speed."""
+        return {
+            "now": self.clock.now().isoformat(),
+            "timestamp": self.clock.timestamp(),
+            "speed": self.clock.speed,
+        }
+
+    def ledger_counts(self) -> dict[int, int]:
+        """clientInstructionId -> how many times an instruction under it was applied."""
+        return self.ledger.counts()
+
+    def stats(self, *, include_requests: bool = False) -> dict[str, Any]:
+        """Requests per endpoint (count, statuses, per-second counts, busiest second), overall
+        statuses, 429s, and each client's busiest sixty seconds; `include_requests` adds every
+        request as `{at, endpoint, status, clientId}` (real POSIX seconds)."""
+        return self.request_stats.snapshot(include_requests=include_requests)
+
+    def set_faults(
+        self,
+        *,
+        error_500_rate: float | None = None,
+        error_503_rate: float | None = None,
+        drop_response_rate: float | None = None,
+    ) -> dict[str, float]:
+        """Change fault rates (0..1); returns all rates now in force."""
+        return self.faults.set(
+            error_500_rate=error_500_rate,
+            error_503_rate=error_503_rate,
+            drop_response_rate=drop_response_rate,
+        )
+
+    def revoke_tokens(self) -> int:
+        """Invalidate every access token issued so far (clients must re-authenticate)."""
+        return self.authority.revoke_tokens()
+
+    def downtime_now(self, seconds: float) -> float:
+        """Open a downtime window now for `seconds` of virtual time (applies even with the
+        calendar off); returns its end as virtual POSIX seconds."""
+        return self.downtime.open_now(seconds)
+
+    def deposit_arrived(self, client_or_instruction_id: int) -> dict[str, Any]:
+        """The funds of a PENDING deposit arrived (by instructionId or clientInstructionId):
+        it becomes PROCESSED; returns its instructionResult."""
+        return self.ledger.deposit_arrived(client_or_instruction_id)
+
+    def micro_amounts(self, instruction_id: int) -> tuple[Decimal, Decimal]:
+        """The two micro-deposit amounts of an ACH instruction in PENDING_VERIFICATION."""
+        return self.ledger.micro_amounts(instruction_id)
+
+    def final_transitions(self) -> dict[int, dict[str, Any]]:
+        """Per clientInstructionId: final status, `finalAt` (virtual ISO), `finalAtVirtual`
+        and `finalAtReal` (POSIX seconds), `acceptedAtReal`."""
+        return self.ledger.final_transitions()
+
+    def balances(self) -> dict[str, dict[str, Decimal]]:
+        """Cash per account and currency."""
+        return self.ledger.balances()
+
+    def instruction(self, client_or_instruction_id: int) -> dict[str, Any]:
+        """The current instructionResult of an instruction (by either id)."""
+        found = self.ledger.find(client_or_instruction_id)
+        if found is None:
+            raise KeyError(f"no instruction with id {client_or_instruction_id}")
+        with self.ledger.lock:
+            return self.ledger.result(found)
+
+    # --- callbacks ------------------------------------------------------------------------
+
+    def _status_changed(self, instruction: Instruction) -> None:
+        # Called under the ledger lock: render now (the state is consistent), send later.
+        if self._callbacks is None:
+            return
+        envelope = {
+            "status": 200,
+            "instructionSetId": instruction.instruction_set_id,
+            "instructionResult": self.ledger.result(instruction),
+        }
+        self._callbacks.put(quirk_body(envelope) if self.config.quirks else envelope)

@@ -75,6 +75,7 @@ cli.add_command(cli_ops.worker_command)
 cli.add_command(cli_ops.scheduler_command)
 cli.add_command(cli_ops.submit_command)
 cli.add_command(cli_ops.health_command)
+cli.add_command(cli_ops.demo_command)
 cli_queries.dead_letters.add_command(cli_ops.replay_command)
 
 

@@ -344,3 +344,19 @@ def replay_command(ids: tuple[int, ...]) -> None:
         engine.dispose()
     for letter_id in ids:
         click.echo(json.dumps({"id": letter_id, "replayed": True}))
+
+
+@click.command("demo")
+@click.option(
+    "--database-url", help="Use this database instead of SQLite in a temporary directory."
+)
+@click.option("--broker-url", help="Use this RabbitMQ instead of the in-process broker.")
+def demo_command(database_url: str | None, broker_url: str | None) -> None:
+    """The whole pipeline on embedded defaults (sandbox, SQLite, in-process broker): a
+    back-office morning, live progress, the final table and one audit trail. Exit 0 only if
+    every outcome was the expected one."""
+    from worker.demo import run_demo
+    from worker.logging import configure_logging
+
+    configure_logging("WARNING", "console")
+    sys.exit(run_demo(database_url, broker_url))

@@ -192,3 +192,20 @@ def rsa_key_files(
         )
     )
     return private_path, public_path
+
+
+@pytest.fixture
+def fresh_amqp_url(amqp_url: str) -> Iterator[str]:
+    """A RabbitMQ vhost of this test's own (queues and exchanges start empty)."""
+    if shutil.which("rabbitmqctl") is None:
+        yield amqp_url
+        return
+    vhost = f"ibkr-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    _rabbitmqctl("add_vhost", vhost)
+    parts = urlsplit(TEST_BROKER_URL)
+    _rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+    yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+    try:
+        _rabbitmqctl("delete_vhost", vhost)
+    except (subprocess.SubprocessError, OSError):
+        pass

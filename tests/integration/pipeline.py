@@ -60,7 +60,7 @@ class Pipeline:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start `ibkr-worker <args>` as the process called `name` (logs under log_dir)."""
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
+        log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         process = subprocess.Popen(
             [str(BIN / "ibkr-worker"), *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT

@@ -92,6 +92,10 @@ class SandboxClient:
             self._token = str(response.json()["access_token"])
         return self._token
 
+    def renew(self) -> None:
+        """Forget the cached token (after moving the virtual clock past its expiry)."""
+        self._token = None
+
     def sign(
         self, body: dict[str, Any], *, key: rsa.RSAPrivateKey | None = None, **claims: Any
     ) -> str:

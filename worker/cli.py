@@ -79,6 +79,16 @@ cli.add_command(cli_ops.demo_command)
 cli_queries.dead_letters.add_command(cli_ops.replay_command)
 
 
+def _add_sandbox_command() -> None:
+    # worker.sandbox.cli imports only click at module level; the simulator loads when it runs.
+    from worker.sandbox.cli import sandbox
+
+    cli.add_command(sandbox)
+
+
+_add_sandbox_command()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ibkr-worker")

@@ -14,7 +14,7 @@ from worker.ibkr.responses import ApiResult
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Action, Decision, Tracked
-from worker.tracking.record import ApiCall, change_status, mark_overdue
+from worker.tracking.record import ApiCall, append_audit, change_status, mark_overdue
 
 
 def tracked_of(row: ClientInstruction) -> Tracked:
@@ -137,6 +137,40 @@ def upsert_instruction_set(
         existing.last_polled_at = now
 
 
+VERIFICATION_TYPE = "TRADITIONAL_BANK_INSTRUCTION_VERIFICATION"
+
+
+def look_at_verified_instruction(
+    session: Session, ctx: TrackingContext, row: ClientInstruction, now: datetime
+) -> None:
+    """A micro-deposit verification went through: note it on the ACH instruction it names
+    (`pendingInstructionId`) and look at that instruction now rather than at its next poll."""
+    if row.pending_instruction_id is None:
+        return
+    ach = session.execute(
+        select(ClientInstruction).where(
+            ClientInstruction.instruction_id == row.pending_instruction_id,
+            ClientInstruction.final_at.is_(None),
+        )
+    ).scalar_one_or_none()
+    if ach is None:
+        return
+    append_audit(
+        session,
+        ach,
+        from_status=ach.status,
+        to_status=ach.status,
+        reason=(
+            f"micro-deposit verification clientInstructionId {row.client_instruction_id} "
+            "was processed; looking at this instruction now"
+        ),
+        actor=ctx.actor,
+        now=now,
+    )
+    if ach.lease_owner is None:
+        ach.next_poll_at = now
+
+
 def apply_decision(
     session: Session,
     ctx: TrackingContext,
@@ -196,6 +230,8 @@ def apply_decision(
             details=details,
         )
         ctx.observer.status_changed(row.instruction_type, decision.to_status)
+        if row.instruction_type == VERIFICATION_TYPE and decision.to_status == "PROCESSED":
+            look_at_verified_instruction(session, ctx, row, now)
     elif decision.is_error or decision.action in (Action.RESOLVE, Action.RESEND):
         # Nothing changed for the producers, but the trail says why we are looking again.
         change_status(

@@ -1,0 +1,478 @@
+"""The IBKR client against the bundled sandbox over a real socket: every endpoint family and
+every outcome the worker acts on, token expiry and revocation, signed-body enforcement, 429s,
+lost answers, and a load test proving the client-side limits hold at the server."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from worker import jsontext
+from worker.clock import ManualClock
+from worker.config import Settings
+from worker.ibkr.client import IbkrClient
+from worker.ibkr.requests import build_body, parse_request
+from worker.ibkr.responses import Outcome, parse_response
+
+sandbox_module = pytest.importorskip("worker.sandbox")
+if not hasattr(sandbox_module, "Sandbox"):  # pragma: no cover - before the sandbox landed
+    pytest.skip("the bundled sandbox is not available", allow_module_level=True)
+Sandbox = sandbox_module.Sandbox
+SandboxConfig = sandbox_module.SandboxConfig
+
+CLIENT_ID, KEY_ID = "acme", "main"
+_ids = itertools.count(5_000_000)
+
+
+def next_id() -> int:
+    return next(_ids)
+
+
+def public_pem(key: Any) -> bytes:
+    return bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+SandboxFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def start_sandbox(rsa_private_key: Any) -> Iterator[SandboxFactory]:
+    started: list[Any] = []
+
+    def start(denied: tuple[str, ...] = (), **config: Any) -> Any:
+        sandbox = Sandbox(SandboxConfig(port=0, **config))
+        sandbox.register_client(
+            client_id=CLIENT_ID,
+            key_id=KEY_ID,
+            public_key_pem=public_pem(rsa_private_key),
+            denied_instruction_types=denied,
+        )
+        sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in started:
+        sandbox.stop()
+
+
+def make_client(sandbox: Any, key: Any, **overrides: Any) -> IbkrClient:
+    settings = Settings(
+        ibkr_base_url=sandbox.base_url,
+        ibkr_client_id=CLIENT_ID,
+        ibkr_key_id=KEY_ID,
+        http_timeout_s=10.0,
+    ).with_overrides(**overrides)
+    return IbkrClient(settings, private_key=key)
+
+
+@pytest.fixture
+def sandbox(start_sandbox: SandboxFactory) -> Any:
+    return start_sandbox()
+
+
+@pytest.fixture
+def client(sandbox: Any, rsa_private_key: Any) -> Iterator[IbkrClient]:
+    with make_client(sandbox, rsa_private_key) as ibkr:
+        yield ibkr
+
+
+def send(client: IbkrClient, raw: dict[str, Any], ids: list[int] | None = None) -> Any:
+    parsed = parse_request(raw)
+    ids = ids or [next_id() for _ in parsed.members]
+    return client.post_instruction(parsed.endpoint, build_body(parsed, ids)), ids
+
+
+def ict(amount: str = "10.00", source: str = "U46377") -> dict[str, Any]:
+    return {
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instruction": {
+            "sourceAccountId": source,
+            "targetAccountId": "U15667",
+            "amount": Decimal(amount),
+            "currency": "USD",
+        },
+    }
+
+
+FAMILIES: dict[str, tuple[dict[str, Any], set[Outcome]]] = {
+    "internal cash": (ict(), {Outcome.FINAL}),
+    "internal position": (
+        {
+            "instructionType": "INTERNAL_POSITION_TRANSFER",
+            "instruction": {
+                "sourceAccountId": "U399192",
+                "targetAccountId": "U87440",
+                "transferQuantity": 6,
+                "tradingInstrument": {"conid": 21323, "currency": "USD"},
+            },
+        },
+        {Outcome.ACCEPTED},
+    ),
+    "deposit": (
+        {
+            "instructionType": "DEPOSIT",
+            "instruction": {
+                "accountId": "U46377",
+                "amount": Decimal("100"),
+                "currency": "USD",
+                "bankInstructionMethod": "WIRE",
+            },
+        },
+        {Outcome.ACCEPTED},
+    ),
+    "withdrawal": (
+        {
+            "instructionType": "WITHDRAWAL",
+            "instruction": {
+                "accountId": "U46377",
+                "amount": Decimal("12.34"),
+                "currency": "USD",
+                "bankInstructionMethod": "WIRE",
+                "bankInstructionName": "Test Withdrawal",
+            },
+        },
+        {Outcome.ACCEPTED},
+    ),
+    "withdrawable funds query": (
+        {
+            "instructionType": "QUERY_WITHDRAWABLE_FUNDS",
+            "instruction": {"accountId": "U46377", "currency": "USD"},
+        },
+        {Outcome.FINAL},
+    ),
+    "balances query": (
+        {
+            "instructionType": "QUERY_WITHDRAWABLE_CASH_EQUITY",
+            "instruction": {"accountId": "U46377", "currency": "USD"},
+        },
+        {Outcome.FINAL},
+    ),
+    "external asset": (
+        {
+            "instructionType": "FOP",
+            "instruction": {
+                "accountId": "U46377",
+                "direction": "IN",
+                "contraBrokerAccountId": "12345678A",
+                "contraBrokerDtcCode": "534",
+                "quantity": 1000,
+                "tradingInstrument": {"conid": 12123, "currency": "USD"},
+            },
+        },
+        {Outcome.ACCEPTED},
+    ),
+    "bank instruction": (
+        {
+            "instructionType": "ACH_INSTRUCTION",
+            "instruction": {
+                "accountId": "U46377",
+                "bankInstructionCode": "USACH",
+                "achType": "DEBIT_CREDIT",
+                "bankInstructionName": "NewAch",
+                "currency": "USD",
+                "clientAccountInfo": {
+                    "bankRoutingNumber": "202012983",
+                    "bankAccountNumber": "101267576983",
+                    "bankName": "JPM Chase",
+                    "bankAccountTypeCode": 1,
+                },
+            },
+        },
+        {Outcome.ACCEPTED},
+    ),
+    "bank instruction query": (
+        {
+            "instructionType": "QUERY_BANK_INSTRUCTION",
+            "instruction": {"accountId": "U46377", "bankInstructionMethod": "ACH"},
+        },
+        {Outcome.FINAL},
+    ),
+    "instructions query": (
+        {
+            "instructionType": "QUERY_RECENT_INSTRUCTIONS",
+            "instruction": {"accountId": "U46377", "transactionHistory": {"daysToGoBack": 3}},
+        },
+        {Outcome.ACCEPTED},
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_endpoint_family_answers_and_can_be_polled(client: IbkrClient, family: str) -> None:
+    raw, expected = FAMILIES[family]
+    result, [cid] = send(client, raw)
+    assert result.outcome in expected, (result.outcome, result.error_detail)
+    assert result.http_status in {201, 202}
+    assert result.instruction_set_id is not None
+    [item] = result.results
+    assert item.client_instruction_id == cid
+    assert item.status in {"PENDING", "PROCESSED"}
+    polled = client.get_client_instruction(cid)
+    assert polled.outcome is Outcome.ACCEPTED
+    assert polled.results[0].instruction_id == item.instruction_id
+    by_id = client.get_instruction(item.instruction_id)
+    assert by_id.results[0].client_instruction_id == cid
+    by_set = client.get_instruction_set(result.instruction_set_id)
+    assert by_set.result_for(cid) is not None
+
+
+def test_cancel_of_a_pending_deposit_is_final(client: IbkrClient) -> None:
+    deposit, _ = send(client, FAMILIES["deposit"][0])
+    target = deposit.results[0].instruction_id
+    cancel, [cid] = send(
+        client,
+        {
+            "instructionType": "CANCEL_INSTRUCTION",
+            "instruction": {"instructionId": target, "reason": "Testing"},
+        },
+    )
+    assert cancel.outcome is Outcome.FINAL
+    assert cancel.result_for(cid).status == "PROCESSED"  # type: ignore[union-attr]
+
+
+def test_bulk_is_accepted_as_one_set(client: IbkrClient) -> None:
+    member = ict()["instruction"]
+    result, ids = send(
+        client, {"instructionType": "INTERNAL_CASH_TRANSFER", "instructions": [member] * 3}
+    )
+    assert result.outcome is Outcome.ACCEPTED
+    assert [item.client_instruction_id for item in result.results] == ids
+    listed = client.get_instruction_set(result.instruction_set_id)
+    assert {item.client_instruction_id for item in listed.results} == set(ids)
+
+
+def test_reused_id_is_reported_as_duplicate_naming_the_first_set(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    sandbox = start_sandbox(duplicate_post="accept")
+    with make_client(sandbox, rsa_private_key) as client:
+        first, [cid] = send(client, ict("1.00"))
+        second, _ = send(client, ict("2.00"), [cid])
+        assert second.instruction_set_id != first.instruction_set_id
+        polled = client.get_client_instruction(cid)
+    assert polled.outcome is Outcome.DUPLICATE
+    assert polled.http_status == 208
+    assert polled.instruction_set_id == first.instruction_set_id
+
+
+def test_reposted_id_is_rejected_as_a_duplicate(client: IbkrClient) -> None:
+    _, [cid] = send(client, ict())
+    again, _ = send(client, ict(), [cid])
+    assert again.outcome is Outcome.REJECTED
+    assert again.http_status == 422
+    assert again.results[0].error_code == "CORRUPT_DATA_DUBPLICATE_CP"
+
+
+def test_permission_denied_is_a_rejection_with_ids(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    sandbox = start_sandbox(denied=("DEPOSIT",))
+    with make_client(sandbox, rsa_private_key) as client:
+        result, [cid] = send(client, FAMILIES["deposit"][0])
+    assert result.outcome is Outcome.REJECTED
+    assert result.http_status == 403
+    item = result.result_for(cid)
+    assert item is not None and item.error_code == "ERROR_PERMISSION_DENIED"
+    assert item.instruction_id is not None
+
+
+def test_unknown_account_is_a_business_rejection(client: IbkrClient) -> None:
+    result, [cid] = send(client, ict(source="U463756"))
+    assert result.outcome is Outcome.REJECTED
+    assert result.http_status == 422
+    assert result.result_for(cid).error_code == "CORRUPT_DATA_INVALID_ACCT"  # type: ignore[union-attr]
+
+
+def test_malformed_body_is_invalid_with_the_fields_named(client: IbkrClient) -> None:
+    from worker.ibkr.endpoints import INTERNAL_CASH_TRANSFERS
+
+    body = {
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instruction": {"clientInstructionId": next_id(), "amount": 5, "currency": "USD"},
+    }
+    result = client.post_instruction(INTERNAL_CASH_TRANSFERS, body)
+    assert result.outcome is Outcome.INVALID
+    fields = {field for field, _ in result.invalid_arguments}
+    assert "sourceAccountId" in fields
+
+
+def test_unknown_id_is_not_found(client: IbkrClient) -> None:
+    result = client.get_client_instruction(987_654_321)
+    assert result.outcome is Outcome.NOT_FOUND
+    assert result.http_status == 404
+
+
+def test_token_expired_at_the_server_is_replaced(sandbox: Any, client: IbkrClient) -> None:
+    assert client.get_client_instruction(1).outcome is Outcome.NOT_FOUND
+    sandbox.advance(86_400 + 60)  # the sandbox's virtual clock passes the token's expiry
+    assert client.get_client_instruction(1).outcome is Outcome.NOT_FOUND
+    assert client.auth.token_requests == 2
+
+
+def test_token_is_refreshed_before_it_expires(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    sandbox = start_sandbox(token_lifetime_s=3600)
+    clock = ManualClock()
+    settings = Settings(
+        ibkr_base_url=sandbox.base_url,
+        ibkr_client_id=CLIENT_ID,
+        ibkr_key_id=KEY_ID,
+        max_requests_per_second_per_endpoint=0,
+        max_requests_per_minute=0,
+    )
+    with IbkrClient(settings, private_key=rsa_private_key, clock=clock) as client:
+        client.get_client_instruction(1)
+        clock.advance(3000)  # past expires_in - 300 s on our clock: refresh proactively
+        client.get_client_instruction(1)
+        assert client.auth.token_requests == 2
+    assert sandbox.stats()["statuses"].get("401", 0) == 0
+
+
+def test_revoked_token_is_reauthenticated_once(sandbox: Any, client: IbkrClient) -> None:
+    first, _ = send(client, ict())
+    assert first.outcome is Outcome.FINAL
+    sandbox.revoke_tokens()
+    second, _ = send(client, ict())
+    assert second.outcome is Outcome.FINAL
+    assert client.auth.token_requests == 2
+    endpoint = sandbox.stats()["endpoints"]["POST /gw/api/v1/internal-cash-transfers"]
+    assert endpoint["statuses"] == {"201": 2, "401": 1}
+
+
+def test_json_body_is_refused_by_the_sandbox(sandbox: Any, client: IbkrClient) -> None:
+    body = build_body(parse_request(ict()), [next_id()])
+    response = httpx.post(
+        sandbox.base_url + "/gw/api/v1/internal-cash-transfers",
+        content=jsontext.dumps(body),
+        headers={
+            "Authorization": f"Bearer {client.auth.access_token()}",
+            "Content-Type": "application/json",
+        },
+    )
+    result = parse_response("POST", "/p", response.status_code, response.content, 1.0)
+    assert result.outcome is Outcome.INVALID
+    assert "SIGNED_JWT" in (result.error_detail or "")
+
+
+def test_tampered_signature_is_refused(sandbox: Any, client: IbkrClient) -> None:
+    body = build_body(parse_request(ict("10.00")), [next_id()])
+    header, payload, signature = client._signer.sign(body).split(".")
+    text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).replace(
+        b'"amount":10.00', b'"amount":99.00'
+    )
+    forged = base64.urlsafe_b64encode(text).rstrip(b"=").decode()
+    response = httpx.post(
+        sandbox.base_url + "/gw/api/v1/internal-cash-transfers",
+        content=f"{header}.{forged}.{signature}",
+        headers={
+            "Authorization": f"Bearer {client.auth.access_token()}",
+            "Content-Type": "application/jwt",
+        },
+    )
+    assert response.status_code in {400, 401}
+    assert sandbox.ledger_counts() == {}
+
+
+def test_429_from_the_server_is_waited_out(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    sandbox = start_sandbox(max_requests_per_second_per_endpoint=2)
+    with make_client(
+        sandbox,
+        rsa_private_key,
+        max_requests_per_second_per_endpoint=0,
+        max_requests_per_minute=0,
+    ) as client:
+        outcomes = [client.get_client_instruction(1).outcome for _ in range(6)]
+    assert outcomes == [Outcome.NOT_FOUND] * 6
+    assert sandbox.stats()["throttled"] > 0
+
+
+def test_lost_answer_to_a_post_is_unknown_and_the_instruction_was_applied(
+    sandbox: Any, client: IbkrClient
+) -> None:
+    sandbox.set_faults(drop_response_rate=1.0)
+    result, [cid] = send(client, ict())
+    assert result.outcome is Outcome.UNKNOWN
+    sandbox.set_faults(drop_response_rate=0.0)
+    polled = client.get_client_instruction(cid)
+    assert polled.outcome is Outcome.ACCEPTED
+    assert polled.results[0].status == "PROCESSED"
+
+
+def _max_in_one_second(times: list[float]) -> int:
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.mark.slow
+def test_load_from_eight_threads_stays_within_ten_per_second_per_endpoint(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    # The per-minute limit is lifted on both sides so the run takes ~20 s rather than 2 min;
+    # the per-endpoint limit (10/s) is the one under test.
+    sandbox = start_sandbox(max_requests_per_minute=1_000_000)
+    with make_client(sandbox, rsa_private_key, max_requests_per_minute=0) as client:
+        seeded, [cid] = send(client, ict())
+        instruction_id = seeded.results[0].instruction_id
+        set_id = seeded.instruction_set_id
+        query = parse_request(FAMILIES["balances query"][0])
+        bank_query = parse_request(FAMILIES["bank instruction query"][0])
+        calls: list[Callable[[], Any]] = [
+            lambda: client.get_client_instruction(cid),
+            lambda: client.get_instruction(instruction_id),
+            lambda: client.get_instruction_set(set_id),
+            lambda: client.post_instruction(query.endpoint, build_body(query, [next_id()])),
+            lambda: client.post_instruction(
+                bank_query.endpoint, build_body(bank_query, [next_id()])
+            ),
+        ]
+        work = iter(range(1000))
+        lock = threading.Lock()
+        outcomes: list[Outcome] = []
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    index = next(work, None)
+                if index is None:
+                    return
+                outcome = calls[index % len(calls)]().outcome
+                with lock:
+                    outcomes.append(outcome)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(outcomes) == 1000
+    assert set(outcomes) <= {Outcome.ACCEPTED, Outcome.FINAL}
+    stats = sandbox.stats(include_requests=True)
+    assert stats["throttled"] == 0
+    by_endpoint: dict[str, list[float]] = {}
+    for request in stats["requests"]:
+        if request["endpoint"].startswith(("GET /gw", "POST /gw")):
+            by_endpoint.setdefault(request["endpoint"], []).append(request["at"])
+    assert len(by_endpoint) == 6  # the five under load and the seeding transfer
+    for endpoint, times in by_endpoint.items():
+        assert _max_in_one_second(times) <= 10, endpoint

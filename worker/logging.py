@@ -55,6 +55,11 @@ _ACCOUNT_NUMBER_KEYS = frozenset(
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 _JWS = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
+# An account number written out in free text (a repr of a request, an exception message).
+_ACCOUNT_IN_TEXT = re.compile(
+    r"(?i)(bankAccountNumber|accountNumber|clientAccountId|identifier|iban|contraBrokerAccountId"
+    r"|accountAtBroker|brokerAccountId|accountIdAtCurrentBroker)(\W{1,4})([A-Za-z0-9-]{5,})"
+)
 
 
 def _norm(key: str) -> str:
@@ -79,6 +84,10 @@ def scrub_text(text: str) -> str:
         text = _JWS.sub(REDACTED, text)
     if "earer" in text:
         text = _BEARER.sub("Bearer " + REDACTED, text)
+    if "ccount" in text or "dentifier" in text or "iban" in text.lower():
+        text = _ACCOUNT_IN_TEXT.sub(
+            lambda m: m.group(1) + m.group(2) + str(mask_account_number(m.group(3))), text
+        )
     return text
 
 

@@ -11,6 +11,7 @@ from models import ClientInstruction, Instruction, InstructionSet, Submission
 from worker import jsontext
 from worker.ibkr.calendar import downtime_end
 from worker.ibkr.responses import ApiResult
+from worker.logging import mask_bank_details
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Action, Decision, Tracked
@@ -109,7 +110,7 @@ def upsert_instruction(
     instruction.ib_reference_id = decision.ib_reference_id
     instruction.processed_at = decision.processed_timestamp
     if decision.result is not None:
-        instruction.result = jsontext.to_plain(decision.result)
+        instruction.result = jsontext.to_plain(mask_bank_details(decision.result))
     instruction.updated_at = now
 
 
@@ -196,7 +197,8 @@ def apply_decision(
         if decision.ib_reference_id is not None:
             row.ib_reference_id = decision.ib_reference_id
         if decision.result is not None:
-            row.result = jsontext.to_plain(decision.result)
+            # Results travel in events and status output: bank account numbers masked.
+            row.result = jsontext.to_plain(mask_bank_details(decision.result))
     if decision.error_code is not None:
         row.error_code = decision.error_code
         row.error_message = decision.error_message

@@ -209,3 +209,34 @@ def fresh_amqp_url(amqp_url: str) -> Iterator[str]:
         _rabbitmqctl("delete_vhost", vhost)
     except (subprocess.SubprocessError, OSError):
         pass
+
+
+# --- the whole pipeline (fault tests) -------------------------------------------------------
+
+
+@pytest.fixture
+def make_pipeline(
+    pg_url: str, fresh_amqp_url: str, rsa_key_files: tuple[Path, Path], tmp_path: Path
+) -> Iterator[Callable[..., object]]:
+    """`make_pipeline(extra_env=None, **sandbox_config)`: a `tests.integration.pipeline.Pipeline`
+    on this test's database and vhost, with a sandbox configured by `sandbox_config`; its
+    processes are stopped and the sandbox closed at the end of the test."""
+    from tests.integration.pipeline import Pipeline, make_sandbox
+
+    private_key, public_key = rsa_key_files
+    made: list[Pipeline] = []
+
+    def make(extra_env: dict[str, str] | None = None, **sandbox_config: object) -> Pipeline:
+        sandbox = make_sandbox(public_key.read_bytes(), **sandbox_config)
+        pipe = Pipeline(
+            pg_url, fresh_amqp_url, sandbox, private_key, tmp_path, extra_env=dict(extra_env or {})
+        )
+        made.append(pipe)
+        return pipe
+
+    yield make
+    for pipe in made:
+        try:
+            pipe.stop_all()
+        finally:
+            pipe.sandbox.stop()

@@ -37,6 +37,7 @@ class Pipeline:
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _logs: list[Any] = field(default_factory=list)
 
     # --- processes ------------------------------------------------------------------------
@@ -66,7 +67,41 @@ class Pipeline:
             [str(BIN / "ibkr-worker"), *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT
         )
         self.processes[name] = process
+        self.commands[name] = args
         return process
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the process called `name` again with the arguments it was started with (after
+        it was killed or stopped)."""
+        if self.alive(name):
+            raise AssertionError(f"{name} is still running; kill it first")
+        return self.start(name, *self.commands[name])
+
+    def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run `ibkr-worker <args>` to completion against this pipeline; stdout and stderr kept."""
+        return subprocess.run(
+            [str(BIN / "ibkr-worker"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def status_json(self, client_instruction_id: int) -> dict[str, Any]:
+        """`ibkr-worker status N --json` of one instruction."""
+        done = self.cli("status", str(client_instruction_id), "--json")
+        if done.returncode != 0:
+            raise AssertionError(f"status {client_instruction_id} failed: {done.stderr}")
+        state: dict[str, Any] = json.loads(done.stdout)
+        return state
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """`ibkr-worker dead-letters list --json`, one dict per dead letter."""
+        done = self.cli("dead-letters", "list", "--json")
+        if done.returncode != 0:
+            raise AssertionError(f"dead-letters list failed: {done.stderr}")
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
     def start_worker(self, name: str = "worker", threads: int = 8) -> subprocess.Popen[bytes]:
         return self.start(name, "worker", "--threads", str(threads))

@@ -141,7 +141,15 @@ class DeadLetterDrain(AmqpConnection):
         moved = 0
         try:
             channel = self.channel()
-            channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, passive=False)
+            try:
+                # Passive: dramatiq declares the queue with its own arguments (a message TTL);
+                # declaring it first with others would make dramatiq's declaration fail.
+                channel.queue_declare(DEAD_LETTER_QUEUE, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                self.close()
+                if error.reply_code == 404:  # no worker has declared it yet: nothing to drain
+                    return 0
+                raise
             for _ in range(limit):
                 method, _properties, body = channel.basic_get(DEAD_LETTER_QUEUE, auto_ack=False)
                 if method is None or method.delivery_tag is None:

@@ -48,7 +48,9 @@ class Settings:
     # 0 lifts a client-side limit (benchmarks against a sandbox without limits).
     max_requests_per_second_per_endpoint: int = 10
     max_requests_per_minute: int = 600
-    rate_limit_margin_s: float = 0.05
+    # Each granted slot counts for (window + margin): scheduling jitter between the slot and the
+    # request reaching IBKR must not put 11 requests into one second there.
+    rate_limit_margin_s: float = 0.15
     poll: PollOverrides = field(default_factory=PollOverrides)
     honor_downtime: bool = True
     client_instruction_id_start: int = 1_000_000_000
@@ -184,7 +186,7 @@ def load_settings(
         token_url = _url(env, "IBKR_TOKEN_URL", token_url, ("http", "https"))
     correlation_timeout = _float(env, "IBKR_HTTP_TIMEOUT_S")
     margin_raw = env.get("IBKR_RATE_LIMIT_MARGIN_S")
-    margin = 0.05
+    margin = 0.15
     if margin_raw:
         try:
             margin = float(margin_raw)

@@ -274,8 +274,6 @@ class Demo:
             runtime.close()
         if self.sandbox is not None:
             self.sandbox.stop()
-        # The embedded database and the demo key live only as long as the run.
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- the morning ----------------------------------------------------------------------------
     def publish(self, step: Step) -> None:
@@ -464,7 +462,11 @@ def run_demo(
         if not console.is_terminal:
             console = Console(width=140)  # a log or a pipe: do not fold the tables to 80 columns
     demo = Demo(console, database_url, broker_url)
-    return 0 if demo.run() else 1
+    try:
+        return 0 if demo.run() else 1
+    finally:
+        # The embedded database and the demo key live only as long as the run.
+        shutil.rmtree(demo.workdir, ignore_errors=True)
 
 
 def _total_requests(stats: dict[str, Any]) -> int | str:

@@ -33,11 +33,16 @@ def record_dead_letter(
     text = raw[:MAX_BODY_BYTES].decode("utf-8", "replace")
     reason = scrub_text(reason)[:4000]
     with session_factory.begin() as session:
-        existing = None
-        if message_id is not None:
-            existing = session.execute(
-                select(DeadLetter).where(DeadLetter.message_id == message_id).limit(1)
-            ).scalar_one_or_none()
+        # The same message seen again (a replay that failed again, a redelivery) is counted on
+        # its letter: by message id, or by its very body when it has none (undecodable).
+        same = (
+            DeadLetter.message_id == message_id
+            if message_id is not None
+            else DeadLetter.message_id.is_(None) & (DeadLetter.body == text)
+        )
+        existing = session.execute(
+            select(DeadLetter).where(same).order_by(DeadLetter.id.desc()).limit(1)
+        ).scalar_one_or_none()
         if existing is not None and existing.body == text:
             existing.seen_count += 1
             existing.last_seen_at = now

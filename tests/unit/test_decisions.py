@@ -60,17 +60,27 @@ def test_a_status_answer_for_another_set_is_a_conflict_and_never_adopted(
         )
 
 
-@given(status=ibkr_statuses, owned=st.booleans(), same_type=st.booleans())
+@given(
+    status=ibkr_statuses,
+    owned=st.booleans(),
+    same_type=st.booleans(),
+    http=st.sampled_from([200, 208]),
+    attempts=st.integers(min_value=1, max_value=4),
+)
 def test_without_a_recorded_set_an_answer_is_adopted_only_when_it_can_be_ours(
-    status: str, owned: bool, same_type: bool
+    status: str, owned: bool, same_type: bool, http: int, attempts: int
 ) -> None:
     kind = "INTERNAL_CASH_TRANSFER" if same_type else "DEPOSIT"
-    result = answer(208, envelope(208, 55, 1012983, status, instructionType=kind), "GET")
-    decision = reconcile(OURS, result, set_owned_elsewhere=owned)
-    if same_type and not owned:
+    tracked = Tracked(1012983, "INTERNAL_CASH_TRANSFER", "SUBMITTING", attempt_count=attempts)
+    result = answer(http, envelope(http, 55, 1012983, status, instructionType=kind), "GET")
+    decision = reconcile(tracked, result, set_owned_elsewhere=owned)
+    # A 208 after our only POST: another transaction holds the id, and its status is not ours.
+    theirs = http == 208 and attempts == 1
+    if same_type and not owned and not theirs:
         assert decision.to_status == status and decision.instruction_set_id == 55
     else:
-        assert decision.to_status == "CONFLICT"
+        assert decision.to_status == "CONFLICT" and decision.instruction_id is None
+        assert decision.result is None and decision.instruction_set_id is None
 
 
 @given(status=ibkr_statuses, http=st.sampled_from([201, 202]))

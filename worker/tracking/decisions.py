@@ -263,8 +263,9 @@ def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool)
 
     Same instructionSetId as recorded at submission: ours, adopt it. Another one: the id belongs
     to another transaction, CONFLICT (its status is never adopted). None recorded (the submit
-    answer was lost): adopt only when the instructionType is ours and no other local instruction
-    claims that set; otherwise CONFLICT.
+    answer was lost): a 208 after our only POST is another system's transaction, CONFLICT;
+    otherwise adopt only when the instructionType is ours and no other local instruction claims
+    that set (after several POSTs of ours the first transaction may be our own duplicate).
     """
     item = member_result(result, tracked.client_instruction_id, 0)
     their_set = result.instruction_set_id
@@ -289,6 +290,17 @@ def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool)
             )
         return _conflict(
             tracked, their_set, what, f"we recorded instructionSetId {tracked.instruction_set_id}"
+        )
+    if result.outcome is Outcome.DUPLICATE and tracked.attempt_count <= 1:
+        # A 208 says several transactions hold this id and describes the first. We sent one
+        # POST, so another system holds it too, and (its use was almost surely earlier) the
+        # first is theirs: adopting it would report their money movement as ours.
+        return _conflict(
+            tracked,
+            their_set,
+            what,
+            "our only POST's answer was lost, so nothing shows that the first transaction under "
+            "this id is ours",
         )
     type_matches = (
         item.instruction_type is None or item.instruction_type.upper() == tracked.instruction_type

@@ -1,0 +1,253 @@
+"""The Markdown table, the targets with PASS/FAIL, and the machine's description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    def first(command: list[str]) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        with open("/proc/meminfo") as info:
+            kib = int(info.readline().split()[1])
+            memory_gib = round(kib / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": memory_gib,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "postgresql": first(["psql", "--version"]),
+        "rabbitmq": first(["rabbitmqctl", "-q", "version"]),
+        "kernel": platform.release(),
+    }
+
+
+THROUGHPUT_RATIO = 0.5
+CALLS_PER_FINAL = 1.5
+RSS_LIMIT_MB = 200.0
+QUERY_P95_MS = 50.0
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured figure and PASS/FAIL (INFO: reported only)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, target: str, verdict: str) -> None:
+        out.append({"target": name, "value": value, "goal": target, "verdict": verdict})
+
+    throughput = results.get("throughput")
+    if throughput and "ratio" in throughput:
+        ratio = throughput["ratio"]
+        add(
+            "pipeline / floor throughput",
+            ratio,
+            f">= {THROUGHPUT_RATIO}",
+            _verdict(ratio >= THROUGHPUT_RATIO),
+        )
+    polling = results.get("polling")
+    if polling and "calls_per_final" in polling:
+        calls = polling["calls_per_final"]
+        add(
+            "API calls per final instruction",
+            calls,
+            f"<= {CALLS_PER_FINAL}",
+            _verdict(calls <= CALLS_PER_FINAL),
+        )
+        add("429s provoked", polling["throttled_429"], "0", _verdict(polling["throttled_429"] == 0))
+        for key in ("lag_singles", "lag_bulk"):
+            lag = polling[key]
+            add(
+                f"lag {key.split('_')[1]} p50 / p99 (s)",
+                f"{lag['p50_s']} / {lag['p99_s']}",
+                "reported (first measurement sets it)",
+                "INFO",
+            )
+    memory = results.get("memory")
+    if memory and "peak_rss_mb" in memory:
+        for label, value in memory["peak_rss_mb"].items():
+            add(
+                f"peak RSS {label} (MB)",
+                value,
+                f"< {RSS_LIMIT_MB:.0f}",
+                _verdict(value < RSS_LIMIT_MB),
+            )
+    audit = results.get("audit")
+    if audit and "queries" in audit:
+        for name, timing in audit["queries"].items():
+            add(
+                f"{name} p95 (ms)",
+                timing["p95_ms"],
+                f"< {QUERY_P95_MS:.0f}",
+                _verdict(timing["p95_ms"] < QUERY_P95_MS),
+            )
+    return out
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole run as Markdown: machine, targets, then the figures of each benchmark."""
+    m = results["machine"]
+    lines = [
+        "## ibkr-worker benchmark",
+        "",
+        f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, load average "
+        f"{' '.join(str(x) for x in m['load_average'])} at start; Python {m['python']}, "
+        f"{m['postgresql']}, RabbitMQ {m['rabbitmq']}.",
+        "",
+        "### Targets",
+        "",
+        _row("target", "measured", "goal", "verdict"),
+        _row("---", "---:", "---", "---"),
+    ]
+    lines += [_row(t["target"], t["value"], t["goal"], t["verdict"]) for t in results["targets"]]
+    for name in ("throughput", "polling", "memory", "audit"):
+        if name in results and "error" in results[name]:
+            lines += ["", f"**{name} failed:** `{results[name]['error'][:500]}`"]
+    throughput = results.get("throughput")
+    if throughput and "floor" in throughput:
+        floor, pipeline = throughput["floor"], throughput["pipeline"]
+        shape = throughput["shape"]
+        lines += [
+            "",
+            f"### Throughput ({pipeline['n']} internal cash transfers answered 201, "
+            f"{shape['processes']} processes x {shape['threads']} threads)",
+            "",
+            _row("run", "instructions/s", "elapsed s", "CPU seconds by process"),
+            _row("---", "---:", "---:", "---"),
+            _row(
+                "floor (sign + POST, store nothing)",
+                floor["rate_per_s"],
+                floor["elapsed_s"],
+                _cpu(floor["cpu_s"]),
+            ),
+            _row(
+                "pipeline (PROCESSED + events published)",
+                pipeline["rate_per_s"],
+                pipeline["elapsed_s"],
+                _cpu(pipeline["cpu_s"]),
+            ),
+            "",
+            f"pipeline / floor = **{throughput['ratio']}**; events published "
+            f"{pipeline['events_published']}, API calls {pipeline['api_calls']}, each "
+            f"instruction applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
+        ]
+        lines += _profile_lines(throughput.get("profile", {}))
+    polling = results.get("polling")
+    if polling and "api_calls" in polling:
+        lines += [
+            "",
+            f"### Polling ({polling['instructions']} instructions, IBKR's limits on)",
+            "",
+            _row("figure", "value"),
+            _row("---", "---:"),
+            _row("API calls (submissions included)", polling["api_calls"]),
+            _row(
+                "calls per final: all / singles / bulk members",
+                f"{polling['calls_per_final']}"
+                f" / {polling['singles_calls_per_final']} / {polling['bulk_calls_per_final']}",
+            ),
+            _row("429s", polling["throttled_429"]),
+            _row("token requests", polling["token_requests"]),
+            _row("busiest minute (calls)", polling["busiest_minute"]),
+            _row("lag singles p50 / p99 / max (s)", _lag(polling["lag_singles"])),
+            _row("lag bulk members p50 / p99 / max (s)", _lag(polling["lag_bulk"])),
+            _row("all final after (s)", polling["all_final_after_s"]),
+        ]
+        for endpoint, count in sorted(polling["api_calls_by_endpoint"].items()):
+            lines.append(_row(f"`{endpoint}`", count))
+    memory = results.get("memory")
+    if memory and "peak_rss_mb" in memory:
+        lines += [
+            "",
+            f"### Memory ({memory['pending']} pending; {memory['traffic_processed']} of "
+            f"{memory['traffic']} new instructions processed while sampling for "
+            f"{memory['seconds']:.0f} s)",
+            "",
+            _row("process", "peak RSS (MB)"),
+            _row("---", "---:"),
+        ]
+        lines += [_row(k, v) for k, v in memory["peak_rss_mb"].items()]
+    audit = results.get("audit")
+    if audit and "queries" in audit:
+        fill = audit["fill"]
+        lines += [
+            "",
+            f"### Audit at scale ({audit['instructions']:,} instructions, "
+            f"{audit['events']:,} audit events; tables {fill['size_client_instructions']} and "
+            f"{fill['size_audit_events']}; filled in {fill['timings']})",
+            "",
+            _row("query", "p50 ms", "p95 ms", "max ms", "rows (mean)"),
+            _row("---", "---:", "---:", "---:", "---:"),
+        ]
+        lines += [
+            _row(name, t["p50_ms"], t["p95_ms"], t["max_ms"], t["mean_rows"])
+            for name, t in audit["queries"].items()
+        ]
+        due = audit["due_now"]
+        lines += [
+            "",
+            f'Scheduler\'s "due now" claim: {due["claimed"]} rows claimed in '
+            f"{due['claim_due_ms']} ms.",
+            "",
+            "```",
+            due["statement"],
+            "",
+            *due["plan"],
+            "```",
+        ]
+    return "\n".join(lines)
+
+
+def _cpu(cpu_s: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(cpu_s.items(), key=lambda kv: -kv[1]))
+
+
+def _lag(lag: dict[str, Any]) -> str:
+    return f"{lag['p50_s']} / {lag['p99_s']} / {lag['max_s']}"
+
+
+def _profile_lines(profiles: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for label, summary in profiles.items():
+        if not summary.get("samples"):
+            continue
+        categories = ", ".join(f"{k} {v}%" for k, v in summary["categories"].items())
+        top = ", ".join(f"`{t['function']}` {t['pct']}%" for t in summary["top_self"][:6])
+        steps = ", ".join(f"{k} {v}%" for k, v in summary["inclusive"].items() if v)
+        lines += [
+            "",
+            f"Profile of the {label} (py-spy, {summary['samples']} samples of busy threads): "
+            f"{categories}.",
+            f"Steps (inclusive): {steps}.",
+            f"Top self: {top}.",
+        ]
+    return lines

@@ -1,0 +1,333 @@
+"""1 and 2: pipeline throughput against the floor of the same stack, in the same run.
+
+Both publish N internal cash transfers that the sandbox (rate limits off, its own process)
+answers 201 at once; both sign with the same 3072-bit key, parsed once per process.
+
+- floor: `dramatiq bench.floor` signs and POSTs each message and stores nothing; its clock
+  stops at the sandbox's answer to the N-th POST.
+- pipeline: `ibkr-worker worker` and `ibkr-worker scheduler` with the client-side limits
+  lifted; the clock stops when every instruction is PROCESSED in the database and every event
+  of theirs is published (the later of the last `final_at` and the last `published_at`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench import cpu, profile
+from bench.common import (
+    BIN,
+    FLOOR_ACTOR,
+    FLOOR_QUEUE,
+    Processes,
+    SandboxProcess,
+    Services,
+    dramatiq_message,
+    log,
+    make_key,
+    publish,
+    queue_consumers,
+    scenario,
+    start_sandbox,
+    wait_for,
+    worker_env,
+)
+
+POST_ENDPOINT = "POST /gw/api/v1/internal-cash-transfers"
+FLOOR_FIRST_ID = 7_000_000_001
+PIPELINE_FIRST_ID = 8_000_000_001
+PROFILE_FIRST_ID = 9_000_000_001
+# What the profile's "inclusive" line reports: the steps of one instruction.
+STEPS = (
+    "handle_message",
+    "receive",
+    "send",
+    "post_instruction",
+    "sign",
+    "change_status",
+    "relay_once",
+    "publish",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    processes: int
+    threads: int
+
+
+def transfer(client_instruction_id: int) -> dict[str, Any]:
+    return {
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instruction": {
+            "clientInstructionId": client_instruction_id,
+            "sourceAccountId": "U46377",
+            "targetAccountId": "U15667",
+            "amount": 1.25,
+            "currency": "USD",
+        },
+    }
+
+
+def _posts_answered(sandbox: SandboxProcess) -> int:
+    endpoint = sandbox.stats()["endpoints"].get(POST_ENDPOINT, {})
+    return int(endpoint.get("statuses", {}).get("201", 0))
+
+
+def run_floor(
+    sandbox: SandboxProcess,
+    broker_url: str,
+    env: dict[str, str],
+    processes: Processes,
+    n: int,
+    shape: Shape,
+) -> dict[str, Any]:
+    name = "floor"
+    argv = [
+        str(BIN / "dramatiq"),
+        "bench.floor",
+        "--processes",
+        str(shape.processes),
+        "--threads",
+        str(shape.threads),
+        "--queues",
+        FLOOR_QUEUE,
+    ]
+    process = processes.start(name, argv, env)
+    wait_for(
+        lambda: queue_consumers(broker_url, FLOOR_QUEUE) >= shape.processes,
+        60,
+        "the floor's consumers",
+        alive=lambda: processes.check_alive(name),
+    )
+    before = _posts_answered(sandbox)
+    bodies = [
+        dramatiq_message(FLOOR_QUEUE, FLOOR_ACTOR, {"request": transfer(FLOOR_FIRST_ID + i)})
+        for i in range(n)
+    ]
+    meter = cpu.CpuMeter({"floor": [process.pid], "sandbox": [processes.running["sandbox"].pid]})
+    meter.start()
+    started = publish(broker_url, FLOOR_QUEUE, bodies)
+    wait_for(
+        lambda: _posts_answered(sandbox) - before >= n,
+        600,
+        f"{n} floor POSTs",
+        every_s=0.25,
+        alive=lambda: processes.check_alive(name),
+    )
+    cpu_s = meter.stop()
+    requests = sandbox.stats(include_requests=True)["requests"]
+    last = max(r["at"] for r in requests if r["endpoint"] == POST_ENDPOINT and r["status"] == 201)
+    processes.stop(name)
+    elapsed = last - started
+    return {
+        "n": n,
+        "elapsed_s": round(elapsed, 3),
+        "rate_per_s": round(n / elapsed, 1),
+        "cpu_s": cpu_s,
+    }
+
+
+def _pipeline_state(database_url: str, first_id: int, n: int) -> tuple[int, int]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            processed = connection.execute(
+                text(
+                    "SELECT count(*) FROM client_instructions WHERE status = 'PROCESSED' "
+                    "AND client_instruction_id BETWEEN :lo AND :hi"
+                ),
+                {"lo": first_id, "hi": first_id + n - 1},
+            ).scalar_one()
+            unpublished = connection.execute(
+                text("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(processed), int(unpublished)
+
+
+def _pipeline_end(database_url: str, first_id: int, n: int) -> dict[str, Any]:
+    params = {"lo": first_id, "hi": first_id + n - 1}
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            last_final, api_calls = connection.execute(
+                text(
+                    "SELECT extract(epoch FROM max(final_at)), sum(api_call_count) "
+                    "FROM client_instructions WHERE client_instruction_id BETWEEN :lo AND :hi"
+                ),
+                params,
+            ).one()
+            last_published, events = connection.execute(
+                text(
+                    "SELECT extract(epoch FROM max(o.published_at)), count(*) FROM outbox o "
+                    "JOIN client_instructions c ON c.id = o.client_instruction_pk "
+                    "WHERE c.client_instruction_id BETWEEN :lo AND :hi"
+                ),
+                params,
+            ).one()
+    finally:
+        engine.dispose()
+    return {
+        "last_final_at": float(last_final),
+        "last_published_at": float(last_published),
+        "events": int(events),
+        "api_calls": int(api_calls),
+    }
+
+
+def run_pipeline(
+    sandbox: SandboxProcess,
+    database_url: str,
+    broker_url: str,
+    env: dict[str, str],
+    processes: Processes,
+    n: int,
+    shape: Shape,
+    first_id: int,
+    *,
+    record: Path | None = None,
+) -> dict[str, Any]:
+    worker = processes.start(
+        "worker",
+        [
+            str(BIN / "ibkr-worker"),
+            "worker",
+            "--processes",
+            str(shape.processes),
+            "--threads",
+            str(shape.threads),
+        ],
+        env,
+    )
+    scheduler = processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
+    alive = lambda: processes.check_alive("worker", "scheduler")  # noqa: E731
+    wait_for(
+        lambda: queue_consumers(broker_url, "ibkr.instructions") >= shape.processes,
+        60,
+        "the worker's consumers",
+        alive=alive,
+    )
+    wait_for(
+        lambda: "scheduler started" in processes.log_text("scheduler"),
+        60,
+        "the scheduler",
+        alive=alive,
+    )
+    bodies = [
+        dramatiq_message(
+            "ibkr.instructions", "submit_instruction", {"request": transfer(first_id + i)}
+        )
+        for i in range(n)
+    ]
+    recorder = None
+    if record is not None:
+        recorder = profile.Recorder(record)
+        for process in cpu.family([worker.pid]):
+            if process.pid != worker.pid or shape.processes == 1:
+                recorder.start("worker", process.pid)
+        recorder.start("scheduler", scheduler.pid)
+    meter = cpu.CpuMeter(
+        {
+            "worker": [worker.pid],
+            "scheduler": [scheduler.pid],
+            "sandbox": [processes.running["sandbox"].pid],
+        }
+    )
+    meter.start()
+    started = publish(broker_url, "ibkr.instructions", bodies)
+    seen: dict[str, int] = {}
+
+    def done() -> bool:
+        processed, unpublished = _pipeline_state(database_url, first_id, n)
+        seen.update(processed=processed, unpublished=unpublished)
+        return processed >= n and unpublished == 0
+
+    try:
+        wait_for(done, 900, f"{n} PROCESSED with their events published", every_s=0.25, alive=alive)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error} (last seen: {seen})") from None
+    cpu_s = meter.stop()
+    outputs = recorder.stop() if recorder is not None else {}
+    end = _pipeline_end(database_url, first_id, n)
+    finished = max(end["last_final_at"], end["last_published_at"])
+    processes.stop("worker")
+    processes.stop("scheduler")
+    elapsed = finished - started
+    result: dict[str, Any] = {
+        "n": n,
+        "elapsed_s": round(elapsed, 3),
+        "rate_per_s": round(n / elapsed, 1),
+        "last_final_after_s": round(end["last_final_at"] - started, 3),
+        "last_published_after_s": round(end["last_published_at"] - started, 3),
+        "events_published": end["events"],
+        "api_calls": end["api_calls"],
+        "cpu_s": cpu_s,
+    }
+    if outputs:
+        result["profile"] = {
+            label: profile.summarise(paths, inclusive=STEPS) for label, paths in outputs.items()
+        }
+    return result
+
+
+def run(
+    services: Services, log_root: Path, *, n: int, shape: Shape, profile_run: bool = True
+) -> dict[str, Any]:
+    with (
+        scenario(services, "throughput", log_root) as (database_url, broker_url, processes),
+        tempfile.TemporaryDirectory(prefix="bench-key-") as key_dir,
+    ):
+        from worker.migrate import upgrade_to_head
+
+        private_key, public_key = make_key(Path(key_dir))
+        upgrade_to_head(database_url)
+        sandbox = start_sandbox(processes, public_key, {"rate_limits": False})
+        env = worker_env(
+            database_url,
+            broker_url,
+            sandbox,
+            private_key,
+            IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT="0",
+            IBKR_MAX_REQUESTS_PER_MINUTE="0",
+        )
+        log(f"throughput: floor, {n} messages, {shape.processes}x{shape.threads}")
+        floor = run_floor(sandbox, broker_url, env, processes, n, shape)
+        log(f"throughput: floor {floor['rate_per_s']}/s; pipeline next")
+        pipeline = run_pipeline(
+            sandbox, database_url, broker_url, env, processes, n, shape, PIPELINE_FIRST_ID
+        )
+        log(f"throughput: pipeline {pipeline['rate_per_s']}/s")
+        result: dict[str, Any] = {
+            "shape": {"processes": shape.processes, "threads": shape.threads},
+            "floor": floor,
+            "pipeline": pipeline,
+            "ratio": round(pipeline["rate_per_s"] / floor["rate_per_s"], 3),
+        }
+        if profile_run:
+            log("throughput: profiled pipeline run (not timed)")
+            profiled = run_pipeline(
+                sandbox,
+                database_url,
+                broker_url,
+                env,
+                processes,
+                n,
+                shape,
+                PROFILE_FIRST_ID,
+                record=processes.log_dir,
+            )
+            result["profile"] = profiled.get("profile", {})
+            result["profiled_run_rate_per_s"] = profiled["rate_per_s"]
+        counts = sandbox.admin("/ledger-counts")
+        applied = [
+            v for k, v in counts.items() if PIPELINE_FIRST_ID <= int(k) < PIPELINE_FIRST_ID + n
+        ]
+        result["pipeline_exactly_once"] = len(applied) == n and all(v == 1 for v in applied)
+        return result

@@ -30,8 +30,10 @@ def record_dead_letter(
     """
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogateescape")
     truncated = len(raw) > MAX_BODY_BYTES
-    text = raw[:MAX_BODY_BYTES].decode("utf-8", "replace")
-    reason = scrub_text(reason)[:4000]
+    # PostgreSQL text cannot hold NUL: a body carrying one would fail to be recorded on every
+    # attempt and block the drain behind it. Undecodable bytes are replaced the same way.
+    text = raw[:MAX_BODY_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
+    reason = scrub_text(reason)[:4000].replace("\x00", "\ufffd")
     with session_factory.begin() as session:
         # The same message seen again (a replay that failed again, a redelivery) is counted on
         # its letter: by message id, or by its very body when it has none (undecodable).

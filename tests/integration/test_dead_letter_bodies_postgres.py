@@ -1,0 +1,32 @@
+"""Dead letters on PostgreSQL, whose text columns refuse NUL: a binary body must still be
+recorded (once), or the drain would fail on it forever and block every letter behind it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from models import DeadLetter, make_engine, make_session_factory
+from worker.tracking.deadletters import record_dead_letter
+
+pytestmark = pytest.mark.postgres
+
+
+def test_a_body_with_nul_bytes_is_recorded_and_counted_again_when_seen_again(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    factory = make_session_factory(engine)
+    body = b"\xff\xfe\x00\x01 binary garbage \x00"
+    try:
+        now = datetime.now(UTC)
+        first = record_dead_letter(factory, body=body, reason="not a message \x00", now=now)
+        again = record_dead_letter(factory, body=body, reason="not a message \x00", now=now)
+        with factory() as session:
+            [letter] = session.execute(select(DeadLetter)).scalars().all()
+    finally:
+        engine.dispose()
+    assert first == again == letter.id
+    assert letter.seen_count == 2 and letter.body_size == len(body)
+    assert "\x00" not in letter.body and "binary garbage" in letter.body
+    assert "\x00" not in letter.reason

@@ -26,7 +26,14 @@ def handle_message(
     message_id = getattr(message, "message_id", None)
     try:
         request, correlation_id = check_arguments(args, kwargs)
-        intake = receive(ctx, request=request, correlation_id=correlation_id, message_id=message_id)
+        # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST.
+        intake = receive(
+            ctx,
+            request=request,
+            correlation_id=correlation_id,
+            message_id=message_id,
+            begin_submission=True,
+        )
     except Unprocessable as error:
         body: bytes | str
         try:
@@ -48,8 +55,8 @@ def handle_message(
         disposition=intake.disposition,
         client_instruction_ids=list(intake.client_instruction_ids[:20]),
     )
-    if intake.disposition == "new" and intake.submission_id is not None:
-        send(ctx, intake.submission_id)
+    if intake.disposition == "new" and intake.attempt is not None:
+        send(ctx, intake.attempt.submission_id, attempt=intake.attempt)
 
 
 def declare_actors(broker: dramatiq.Broker, ctx: TrackingContext) -> dramatiq.Actor[Any, None]:

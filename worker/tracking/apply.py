@@ -92,9 +92,14 @@ def spread_past_downtime(ctx: TrackingContext, at: datetime) -> datetime:
 
 
 def upsert_instruction(
-    session: Session, row: ClientInstruction, decision: Decision, now: datetime
+    session: Session,
+    row: ClientInstruction,
+    decision: Decision,
+    now: datetime,
+    instruction_set_id: int | None = None,
 ) -> None:
-    """Keep IBKR's view of the instruction (by IBKR's instructionId)."""
+    """Keep IBKR's view of the instruction (by IBKR's instructionId); `instruction_set_id` is
+    the row's set (default: `row.instruction_set_id`)."""
     if decision.instruction_id is None or decision.to_status == "CONFLICT":
         return
     instruction = session.execute(
@@ -104,7 +109,9 @@ def upsert_instruction(
         instruction = Instruction(instruction_id=decision.instruction_id, created_at=now)
         session.add(instruction)
     instruction.client_instruction_pk = row.id
-    instruction.instruction_set_id = decision.instruction_set_id or row.instruction_set_id
+    instruction.instruction_set_id = (
+        decision.instruction_set_id or instruction_set_id or row.instruction_set_id
+    )
     instruction.instruction_type = row.instruction_type
     instruction.ibkr_status = decision.ibkr_status
     instruction.ib_reference_id = decision.ib_reference_id
@@ -184,6 +191,16 @@ def apply_decision(
 ) -> None:
     """Record `decision` about `row` (already locked/leased by the caller's transaction)."""
     api = api_call_of(result) if result is not None else None
+    # IBKR's view first: its look-ups flush whatever is pending, and the row has no change
+    # pending yet, so all of its changes below go out as one UPDATE at commit.
+    set_id = row.instruction_set_id
+    if set_id is None and decision.to_status != "CONFLICT":
+        set_id = decision.instruction_set_id
+    if set_id is not None and decision.to_status not in (None, "CONFLICT"):
+        upsert_instruction_set(
+            session, set_id, row.submission, result.http_status if result else None, now
+        )
+    upsert_instruction(session, row, decision, now, set_id)
     if counts_as_poll:
         row.poll_count += 1
     if result is not None:
@@ -202,15 +219,6 @@ def apply_decision(
     if decision.error_code is not None:
         row.error_code = decision.error_code
         row.error_message = decision.error_message
-    if row.instruction_set_id is not None and decision.to_status not in (None, "CONFLICT"):
-        upsert_instruction_set(
-            session,
-            row.instruction_set_id,
-            row.submission,
-            result.http_status if result else None,
-            now,
-        )
-    upsert_instruction(session, row, decision, now)
     if row.deadline_at is None and decision.action is Action.POLL:
         bulk = row.submission.is_bulk if row.submission is not None else False
         profile = backoff.profile_for(row.instruction_type, ctx.settings.poll, bulk=bulk)

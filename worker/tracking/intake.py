@@ -32,6 +32,7 @@ from worker.tracking.apply import spread_past_downtime
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import DUPLICATE_REQUEST_CODE, INVALID_REQUEST_CODE, same_intent
 from worker.tracking.record import change_status
+from worker.tracking.submit import Attempt, begin_attempt
 
 MAX_CORRELATION_ID = 128
 MAX_REQUEST_BYTES = 20 * 1024 * 1024  # IBKR's limit for one request
@@ -51,13 +52,17 @@ class Unprocessable(Exception):
 class Intake:
     """What receiving a request led to.
 
-    `disposition`: `new` (RECEIVED rows committed; send `submission_id`), `same_intent` (a
-    redelivery or a repeat: the existing state stands), or `failed` (recorded FAILED).
+    `disposition`: `new` (RECEIVED rows committed; send `submission_id`, or `attempt` when
+    it was begun), `same_intent` (a redelivery or a repeat: the existing state stands), or
+    `failed` (recorded FAILED).
     """
 
     disposition: str
     submission_id: int | None
     client_instruction_ids: tuple[int, ...]
+    #: With `begin_submission`: the attempt begun in the same transaction (SUBMITTING
+    #: committed with RECEIVED), or None when the request is held for IBKR's downtime.
+    attempt: Attempt | None = None
 
 
 def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -167,13 +172,23 @@ def _free_id(session: Session, ctx: TrackingContext, taken: set[int]) -> int:
 
 
 def receive(
-    ctx: TrackingContext, *, request: Any, correlation_id: Any, message_id: str | None
+    ctx: TrackingContext,
+    *,
+    request: Any,
+    correlation_id: Any,
+    message_id: str | None,
+    begin_submission: bool = False,
 ) -> Intake:
-    """Persist the intent of one inbound request (see the module docstring)."""
+    """Persist the intent of one inbound request (see the module docstring).
+
+    `begin_submission`: also mark a new request's members SUBMITTING for its first attempt in
+    the same transaction (`submit.begin_attempt`), so the caller can POST right after the
+    commit without another transaction.
+    """
     for attempt in range(3):
         try:
             with ctx.session_factory.begin() as session:
-                return _receive(session, ctx, request, correlation_id, message_id)
+                return _receive(session, ctx, request, correlation_id, message_id, begin_submission)
         except IntegrityError:
             # Another process stored the same clientInstructionId at the same moment: look again,
             # the repeat is then recognised as such.
@@ -183,7 +198,12 @@ def receive(
 
 
 def _receive(
-    session: Session, ctx: TrackingContext, raw: Any, correlation_id: Any, message_id: str | None
+    session: Session,
+    ctx: TrackingContext,
+    raw: Any,
+    correlation_id: Any,
+    message_id: str | None,
+    begin_submission: bool = False,
 ) -> Intake:
     now = ctx.clock.now()
     if message_id is not None:
@@ -297,6 +317,7 @@ def _receive(
     session.add(submission)
     session.flush()
     first_look = spread_past_downtime(ctx, now + timedelta(seconds=ctx.received_grace_s))
+    rows: list[ClientInstruction] = []
     for position, (member, cid) in enumerate(zip(parsed.members, final_ids, strict=True)):
         row = ClientInstruction(
             client_instruction_id=cid,
@@ -321,6 +342,7 @@ def _receive(
             updated_at=now,
         )
         session.add(row)
+        rows.append(row)
         change_status(
             session,
             row,
@@ -329,7 +351,8 @@ def _receive(
             actor=ctx.actor,
             now=now,
         )
-    return Intake("new", submission.id, tuple(final_ids))
+    attempt = begin_attempt(session, ctx, submission, rows, now) if begin_submission else None
+    return Intake("new", submission.id, tuple(final_ids), attempt)
 
 
 def _int_or_none(value: Any) -> int | None:

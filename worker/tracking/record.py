@@ -144,7 +144,10 @@ def change_status(
         row.next_poll_at = None
         row.lease_owner = None
         row.lease_expires_at = None
-    session.flush()  # the row needs its id before the audit and outbox rows point at it
+    if row.id is None:
+        # A new row needs its id before the audit and outbox rows point at it; an existing
+        # row's changes go out with the transaction's other statements (one UPDATE, not two).
+        session.flush()
     append_audit(
         session,
         row,

@@ -7,7 +7,8 @@ before anything is sent again. The answer and its audit events are recorded in o
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from models import ClientInstruction, Submission, is_postgresql
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
-from worker.ibkr.endpoints import endpoint_for
+from worker.ibkr.endpoints import Endpoint, endpoint_for
 from worker.ibkr.responses import Outcome
 from worker.logging import get_logger
 from worker.tracking.apply import apply_decision, spread_past_downtime, tracked_of
@@ -41,58 +42,89 @@ def lock_members(session: Session, submission_id: int) -> list[ClientInstruction
     return list(session.execute(query).scalars())
 
 
-def send(ctx: TrackingContext, submission_id: int) -> bool:
+@dataclass(frozen=True)
+class Attempt:
+    """An attempt whose members are SUBMITTING in a transaction of the caller: once that has
+    committed, `send` may POST `body` to `endpoint`."""
+
+    submission_id: int
+    number: int
+    endpoint: Endpoint
+    body: dict[str, Any]
+
+
+def begin_attempt(
+    session: Session,
+    ctx: TrackingContext,
+    submission: Submission,
+    members: list[ClientInstruction],
+    now: datetime,
+) -> Attempt | None:
+    """Mark the (locked) members SUBMITTING for the next attempt, in the caller's transaction.
+
+    None when there is nothing to send (already answered) or the request is held for IBKR's
+    scheduled downtime (recorded; the scheduler sends it after the window).
+    """
+    sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
+    if not sendable or len(sendable) != len(members):
+        return None
+    if ctx.settings.honor_downtime and in_downtime(now):
+        later = spread_past_downtime(ctx, now)
+        for member in members:
+            member.next_poll_at = later
+            member.lease_owner = None
+        append_audit(
+            session,
+            members[0],
+            from_status=members[0].status,
+            to_status=members[0].status,
+            reason=(
+                "held: IBKR's Funds & Banking API is in its scheduled downtime; "
+                "sending after the window"
+            ),
+            actor=ctx.actor,
+            now=now,
+        )
+        return None
+    submission.attempt_count += 1
+    submission.updated_at = now
+    attempt = submission.attempt_count
+    endpoint = endpoint_for(submission.instruction_type, bulk=submission.is_bulk)
+    lease_until = now + timedelta(seconds=ctx.lease_s)
+    for member in members:
+        member.attempt_count = attempt
+        member.next_poll_at = lease_until
+        member.lease_owner = ctx.owner
+        member.lease_expires_at = lease_until
+        change_status(
+            session,
+            member,
+            "SUBMITTING",
+            reason=f"sending attempt {attempt}: {endpoint.method} {endpoint.path}",
+            actor=ctx.actor,
+            now=now,
+        )
+    body: dict[str, Any] = jsontext.loads(submission.request_json)
+    return Attempt(submission.id, attempt, endpoint, body)
+
+
+def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = None) -> bool:
     """POST the submission's body (attempt n+1) and record IBKR's answer for every member.
 
-    Returns False when there was nothing to send (already answered, or held for IBKR's
-    scheduled downtime).
+    `attempt`: one already begun by the caller (`begin_attempt`, committed), so no
+    transaction is needed before the POST. Returns False when there was nothing to send
+    (already answered, or held for IBKR's scheduled downtime).
     """
-    now = ctx.clock.now()
-    with ctx.session_factory.begin() as session:
-        submission = session.get(Submission, submission_id)
-        if submission is None:
+    if attempt is None:
+        with ctx.session_factory.begin() as session:
+            submission = session.get(Submission, submission_id)
+            if submission is None:
+                return False
+            members = lock_members(session, submission_id)
+            attempt = begin_attempt(session, ctx, submission, members, ctx.clock.now())
+        if attempt is None:
             return False
-        members = lock_members(session, submission_id)
-        sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
-        if not sendable or len(sendable) != len(members):
-            return False
-        if ctx.settings.honor_downtime and in_downtime(now):
-            later = spread_past_downtime(ctx, now)
-            for member in members:
-                member.next_poll_at = later
-                member.lease_owner = None
-            append_audit(
-                session,
-                members[0],
-                from_status=members[0].status,
-                to_status=members[0].status,
-                reason=(
-                    "held: IBKR's Funds & Banking API is in its scheduled downtime; "
-                    "sending after the window"
-                ),
-                actor=ctx.actor,
-                now=now,
-            )
-            return False
-        submission.attempt_count += 1
-        submission.updated_at = now
-        attempt = submission.attempt_count
-        endpoint = endpoint_for(submission.instruction_type, bulk=submission.is_bulk)
-        lease_until = now + timedelta(seconds=ctx.lease_s)
-        for member in members:
-            member.attempt_count = attempt
-            member.next_poll_at = lease_until
-            member.lease_owner = ctx.owner
-            member.lease_expires_at = lease_until
-            change_status(
-                session,
-                member,
-                "SUBMITTING",
-                reason=f"sending attempt {attempt}: {endpoint.method} {endpoint.path}",
-                actor=ctx.actor,
-                now=now,
-            )
-        body: dict[str, Any] = jsontext.loads(submission.request_json)
+    endpoint, body = attempt.endpoint, attempt.body
     result = ctx.ibkr.post_instruction(endpoint, body)
     ctx.observer.api_call(result)
     now = ctx.clock.now()
@@ -108,14 +140,16 @@ def send(ctx: TrackingContext, submission_id: int) -> bool:
         ):
             submission.instruction_set_id = result.instruction_set_id
         for member in lock_members(session, submission_id):
-            if member.status != "SUBMITTING" or member.attempt_count != attempt:
+            if member.status != "SUBMITTING" or member.attempt_count != attempt.number:
                 # Another process took over after our lease ran out; its record stands.
                 append_audit(
                     session,
                     member,
                     from_status=member.status,
                     to_status=member.status,
-                    reason=f"late answer to attempt {attempt} ignored: the instruction moved on",
+                    reason=(
+                        f"late answer to attempt {attempt.number} ignored: the instruction moved on"
+                    ),
                     actor=ctx.actor,
                     now=now,
                 )
@@ -126,7 +160,7 @@ def send(ctx: TrackingContext, submission_id: int) -> bool:
         "instruction submitted",
         submission_id=submission_id,
         endpoint=endpoint.path,
-        attempt=attempt,
+        attempt=attempt.number,
         outcome=result.outcome.value,
         http_status=result.http_status,
         instruction_set_id=result.instruction_set_id,

@@ -60,6 +60,7 @@ class Recorder:
                 "--format",
                 "raw",
                 "--nonblocking",
+                "--gil",
                 "--output",
                 str(out),
             ],

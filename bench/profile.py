@@ -1,7 +1,8 @@
 """Sample our processes with py-spy while they work and summarise where their CPU goes.
 
-py-spy samples every thread from outside the process (no code of ours runs inside it) and
-leaves idle threads out, so the shares are shares of CPU time. The raw (folded) stacks are
+py-spy samples the processes from outside (no code of ours runs inside them); with `--gil`
+only the thread holding the GIL is sampled, so the shares are shares of the processes' Python
+CPU time (waiting on PostgreSQL, the sandbox or the GIL is left out). The raw (folded) stacks are
 kept next to the logs; only the summary goes into the results.
 """
 

@@ -185,22 +185,27 @@ class Pipeline:
         finally:
             engine.dispose()
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    def wait_for(
+        self, condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.25
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if condition():
                 return
-            time.sleep(0.25)
+            time.sleep(poll_s)
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs()}")
 
-    def wait_final(self, count: int, timeout_s: float = 60.0) -> dict[int, str]:
-        """Wait until `count` tracked instructions are final; returns all statuses."""
+    def wait_final(
+        self, count: int, timeout_s: float = 60.0, poll_s: float = 0.25
+    ) -> dict[int, str]:
+        """Wait until `count` tracked instructions are final (looking every `poll_s`); returns
+        all statuses."""
 
         def done() -> bool:
             statuses = self.statuses()
             return len(statuses) >= count and all(s in FINAL for s in statuses.values())
 
-        self.wait_for(done, timeout_s, f"{count} final instructions")
+        self.wait_for(done, timeout_s, f"{count} final instructions", poll_s)
         return self.statuses()
 
 

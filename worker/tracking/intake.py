@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Numeric, select
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Submission, next_client_instruction_id
@@ -189,6 +190,11 @@ def receive(
         try:
             with ctx.session_factory.begin() as session:
                 return _receive(session, ctx, request, correlation_id, message_id, begin_submission)
+        except DataError as error:
+            # The database refuses a value of this request (SQLSTATE class 22): it would refuse
+            # it on every retry, so the message is set aside now instead of retried.
+            detail = str(error.orig).splitlines()[0][:300] if error.orig else type(error).__name__
+            raise Unprocessable(f"the database refused a value of the request: {detail}") from None
         except IntegrityError:
             # Another process stored the same clientInstructionId at the same moment: look again,
             # the repeat is then recognised as such.
@@ -225,6 +231,9 @@ def _receive(
                 parsed = parse_request(raw)
             except RequestValidationError as error:
                 problem = str(error)
+            else:
+                problem = _amount_problem(parsed)
+                parsed = parsed if problem is None else None
     stored_correlation = correlation_id if _correlation_problem(correlation_id) is None else None
     if parsed is None:
         kind, bulk, members, ids = _identify(raw)
@@ -353,6 +362,20 @@ def _receive(
         )
     attempt = begin_attempt(session, ctx, submission, rows, now) if begin_submission else None
     return Intake("new", submission.id, tuple(final_ids), attempt)
+
+
+def _amount_problem(parsed: ParsedRequest) -> str | None:
+    """Why an amount cannot be stored (it would overflow the amount column), or None. Such an
+    amount is no payment anyone means, and storing it would fail on every retry."""
+    column = ClientInstruction.__table__.c.amount.type
+    assert isinstance(column, Numeric) and column.precision and column.scale is not None
+    limit = Decimal(10) ** (column.precision - column.scale)
+    for index, member in enumerate(parsed.members):
+        amount = member_amount(member)
+        if amount is not None and (not amount.is_finite() or abs(amount) >= limit):
+            where = f"instructions[{index}]" if parsed.bulk else "instruction"
+            return f"{where}.amount {amount} is out of range (must be below {limit:,})."
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -135,7 +135,8 @@ def upsert_instruction_set(
                 instruction_set_id=instruction_set_id,
                 submission_id=submission.id if submission else None,
                 http_status=http_status,
-                member_count=len(submission.members) if submission else 1,
+                # A single request has one member: no need to load it to count it.
+                member_count=len(submission.members) if submission and submission.is_bulk else 1,
                 created_at=now,
                 updated_at=now,
             )

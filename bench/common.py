@@ -68,8 +68,18 @@ def temporary_database(admin_url: str, prefix: str) -> Iterator[str]:
 # --- RabbitMQ --------------------------------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+def _rabbitmqctl(*args: str, attempts: int = 5) -> None:
+    # Other test runs on this machine may restart RabbitMQ: wait for it rather than fail.
+    for attempt in range(attempts):
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120)
+        if done.returncode == 0:
+            return
+        if attempt == attempts - 1:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): "
+                f"{done.stderr.decode(errors='replace').strip()[:300]}"
+            )
+        time.sleep(3.0)
 
 
 @contextmanager

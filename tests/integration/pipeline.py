@@ -212,14 +212,19 @@ class Pipeline:
 class EventCollector:
     """Binds a queue of its own to the event exchange and collects every event."""
 
-    def __init__(self, broker_url: str, binding: str = "instruction.#") -> None:
+    def __init__(
+        self, broker_url: str, binding: str = "instruction.#", *, durable: bool = False
+    ) -> None:
         self.events: list[dict[str, Any]] = []
         self.message_ids: list[str] = []
         self._params = pika.URLParameters(broker_url)
         connection = pika.BlockingConnection(self._params)
         channel = connection.channel()
         channel.exchange_declare("ibkr.instruction.events", exchange_type="topic", durable=True)
-        self.queue = channel.queue_declare("", exclusive=False, auto_delete=False).method.queue
+        # durable: the queue (and the persistent events in it) survives a broker restart.
+        self.queue = channel.queue_declare(
+            "", exclusive=False, auto_delete=False, durable=durable
+        ).method.queue
         channel.queue_bind(self.queue, "ibkr.instruction.events", binding)
         connection.close()
         self._lock = threading.Lock()

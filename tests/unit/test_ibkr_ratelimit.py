@@ -167,6 +167,33 @@ def test_limiter_waits_with_the_injected_clock() -> None:
     assert max_in_any_window(slots, 1.0 + MARGIN) == 10
 
 
+class OversleepingClock(StillClock):
+    """A busy host: every sleep ends `late_s` after it should."""
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__()
+        self.late_s = late_s
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.t += max(seconds, 0.0) + self.late_s
+
+
+def test_a_call_that_wakes_late_takes_a_fresh_slot_instead_of_bunching() -> None:
+    clock = OversleepingClock(late_s=0.6)
+    ledger = MemoryLedger()
+    limiter = RateLimiter(ledger, PER_SECOND, PER_MINUTE, MARGIN, clock)
+    for _ in range(40):
+        slot = limiter.acquire("c", "POST /x")
+        # The call goes out now; it must go out at (or just after) a slot the ledger holds,
+        # never 0.6 s late into a window whose slots were given to other calls.
+        assert -1e-6 <= clock.t - slot <= limiter.late_tolerance_s
+    slots = ledger.slots(endpoint_bucket("c", "POST /x"))
+    assert max_in_any_window(slots, 1.0 + MARGIN) <= PER_SECOND
+    # The late slots stay recorded (over-counting only), so the ledger holds more than 40.
+    assert len(slots) > 40
+
+
 def test_limiter_holds_the_minute_limit() -> None:
     clock = AdvancingClock()
     limiter = RateLimiter(MemoryLedger(), 0, 20, MARGIN, clock)

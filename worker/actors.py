@@ -3,6 +3,7 @@ processed. Actors are declared on a broker passed in (nothing is read at import 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import dramatiq
@@ -14,9 +15,14 @@ from worker.logging import get_logger
 from worker.tracking.context import TrackingContext
 from worker.tracking.deadletters import record_dead_letter
 from worker.tracking.intake import Unprocessable, check_arguments, receive
-from worker.tracking.submit import send
+from worker.tracking.submit import release_unfinished, send
 
 log = get_logger(__name__)
+
+
+# Messages being handled in this process: a copy redelivered meanwhile must not take over.
+_in_hand: set[str] = set()
+_in_hand_lock = threading.Lock()
 
 
 def handle_message(
@@ -24,6 +30,36 @@ def handle_message(
 ) -> None:
     """Process one inbound message: persist the intent, then submit it (or record why not)."""
     message_id = getattr(message, "message_id", None)
+    if message_id is None:
+        _handle(ctx, args, kwargs, message, None, in_hand_by_another_thread=False)
+        return
+    with _in_hand_lock:
+        in_hand_by_another_thread = message_id in _in_hand
+        _in_hand.add(message_id)
+    try:
+        _handle(
+            ctx,
+            args,
+            kwargs,
+            message,
+            message_id,
+            in_hand_by_another_thread=in_hand_by_another_thread,
+        )
+    finally:
+        if not in_hand_by_another_thread:
+            with _in_hand_lock:
+                _in_hand.discard(message_id)
+
+
+def _handle(
+    ctx: TrackingContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: Any,
+    message_id: str | None,
+    *,
+    in_hand_by_another_thread: bool,
+) -> None:
     try:
         request, correlation_id = check_arguments(args, kwargs)
         # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST.
@@ -57,6 +93,16 @@ def handle_message(
     )
     if intake.disposition == "new" and intake.attempt is not None:
         send(ctx, intake.attempt.submission_id, attempt=intake.attempt)
+    elif (
+        intake.disposition == "same_intent"
+        and message_id is not None
+        and not in_hand_by_another_thread
+    ):
+        # Handled again (a retry after our own failure): what this process left half-done is
+        # resolved by the scheduler now rather than when its lease runs out.
+        released = release_unfinished(ctx, message_id)
+        if released:
+            log.info("unfinished submission handed to the scheduler", message_id=message_id)
 
 
 def declare_actors(broker: dramatiq.Broker, ctx: TrackingContext) -> dramatiq.Actor[Any, None]:

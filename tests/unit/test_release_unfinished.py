@@ -70,3 +70,39 @@ def test_a_retried_message_releases_what_its_failed_attempt_left(
     released = row(worker)
     assert released.lease_owner is None and released.next_poll_at <= clock.now()
     assert submit.release_unfinished(worker, "m-1") == 0
+
+
+class FailingOnce(ScriptedIbkr):
+    """The first status read fails as a cut database connection would (an exception)."""
+
+    failed = False
+
+    def get_client_instruction(self, client_instruction_id: int) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("server closed the connection unexpectedly")
+        return super().get_client_instruction(client_instruction_id)
+
+
+def test_a_failed_scheduler_step_is_looked_at_again_after_the_error_delay_not_the_lease(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    ibkr = FailingOnce(
+        posts=[answer(202, envelope(202, 46, 1012983, "PENDING"))],
+        lookups=[answer(200, envelope(200, 46, 1012983, "PROCESSED"), "GET")],
+    )
+    worker = make_context(sqlite_url, ibkr, clock)
+    scheduler = replace(worker, owner="scheduler-1", actor="scheduler")
+    handle_message(worker, (), {"request": transfer()}, Message("m-1"))
+    assert row(worker).status == "PENDING"
+
+    clock.advance(120)
+    run_round(scheduler)  # the step fails
+    failed = row(worker)
+    assert failed.lease_owner is None
+    assert (failed.next_poll_at - clock.now()).total_seconds() <= 5
+
+    clock.advance(5)
+    run_round(scheduler)
+    assert row(worker).status == "PROCESSED"

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Submission, is_postgresql
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.responses import Outcome
 from worker.logging import get_logger
+from worker.tracking import backoff
 from worker.tracking.apply import apply_decision, tracked_of
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Action, after_lookup, after_set_read
@@ -125,12 +127,32 @@ def run_round(
     for set_id in by_set:
         tasks.append(_bind(poll_set, ctx, set_id))
     if pool is None:
-        for task in tasks:
-            _guarded(task)
+        failures = sum(not _guarded(task) for task in tasks)
     else:
-        for future in [pool.submit(_guarded, task) for task in tasks]:
-            future.result()
+        failures = sum(not f.result() for f in [pool.submit(_guarded, task) for task in tasks])
+    if failures:
+        release_failed(ctx, [row.id for row in claimed])
     return len(claimed)
+
+
+def release_failed(ctx: TrackingContext, row_ids: list[int]) -> None:
+    """Rows of a finished round that are still leased by us are rows whose step failed (the
+    database went away mid-step, say): look at them again after the error delay rather than
+    when the lease runs out. A SUBMITTING one is resolved by GET before anything is resent.
+    Best effort: if the database is still away, the lease runs out as before."""
+    later = ctx.clock.now() + timedelta(seconds=backoff.ERROR_INITIAL_DELAY_S)
+    try:
+        with ctx.session_factory.begin() as session:
+            session.execute(
+                update(ClientInstruction)
+                .where(
+                    ClientInstruction.id.in_(row_ids), ClientInstruction.lease_owner == ctx.owner
+                )
+                .values(next_poll_at=later, lease_owner=None, lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
+    except SQLAlchemyError:
+        log.warning("could not release the rows of failed steps; their leases will run out")
 
 
 def _bind(
@@ -139,13 +161,15 @@ def _bind(
     return lambda: function(ctx, key)
 
 
-def _guarded(task: Callable[[], object]) -> None:
-    # One instruction's trouble (a database hiccup, a bug) must not stop the round; the row's
-    # lease runs out and it is looked at again.
+def _guarded(task: Callable[[], object]) -> bool:
+    # One instruction's trouble (a database hiccup, a bug) must not stop the round; the row is
+    # released at the end of the round (or its lease runs out) and it is looked at again.
     try:
         task()
     except Exception:
-        log.exception("scheduler step failed; the row will be retried when its lease ends")
+        log.exception("scheduler step failed; the row will be looked at again")
+        return False
+    return True
 
 
 def _held(session: Session, ctx: TrackingContext, row_id: int) -> ClientInstruction | None:

@@ -260,7 +260,7 @@ def submit_command(source: Any) -> None:
         entries = read_entries(source.read())
         all_kwargs = [entry_kwargs(number, entry) for number, entry in enumerate(entries, start=1)]
     except ValueError as error:
-        _fail(f"invalid input: {error}; nothing was published", 2)
+        _fail(f"invalid input: {str(error).rstrip('.')}; nothing was published", 2)
     from worker.broker import build_message, make_broker
 
     broker = make_broker(settings.broker_url)

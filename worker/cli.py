@@ -5,24 +5,9 @@ Command output goes to stdout; logs go to stderr. Each command reads the setting
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from worker import __version__, cli_ops, cli_queries
-from worker.config import ConfigError, Settings, load_settings
-from worker.logging import configure_logging
-
-
-def settings_or_exit() -> Settings:
-    """Load the settings, or stop with one clear line naming the bad setting (exit 2)."""
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        click.echo(f"ibkr-worker: configuration error: {error}", err=True)
-        sys.exit(2)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import make_engine, make_session_factory
+from worker.cli_settings import settings_or_exit
 from worker.config import ConfigError, Settings
 from worker.ibkr.requests import RequestValidationError, parse_request
 from worker.logging import get_logger
@@ -26,8 +27,6 @@ OUTBOX_MAX_AGE_S = 60.0
 
 
 def _settings() -> Settings:
-    from worker.cli import settings_or_exit
-
     return settings_or_exit()
 
 

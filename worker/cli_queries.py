@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from models import make_engine, make_session_factory
 from worker import audit as queries
 from worker import jsontext
+from worker.cli_settings import settings_or_exit
 from worker.config import Settings
 
 STATUS_FIELDS = (
@@ -44,9 +45,6 @@ BODY_PREVIEW_CHARS = 60
 
 
 def _settings() -> Settings:
-    # Imported here: worker.cli imports this module to register the commands.
-    from worker.cli import settings_or_exit
-
     return settings_or_exit()
 
 

@@ -7,6 +7,7 @@ that could not even be decoded end up before any middleware sees them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -212,9 +213,17 @@ def broker_reachable(url: str, timeout_s: float = 5.0) -> str | None:
             connection.close()
             result[0] = None
         except Exception as error:  # noqa: BLE001 - any failure to connect is the answer
-            result[0] = f"{type(error).__name__}: {error}"
+            # pika's connection errors have an empty str(); their repr names the cause.
+            result[0] = str(error) and f"{type(error).__name__}: {error}" or repr(error)
 
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout_s + 1)
+    # The answer is the reason returned; pika's own error lines would only repeat it.
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)
+    try:
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(timeout_s + 1)
+    finally:
+        pika_logger.setLevel(level)
     return result[0]

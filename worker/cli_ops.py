@@ -308,7 +308,8 @@ def health_command() -> None:
                         )
         engine.dispose()
     except SQLAlchemyError as error:
-        problems.append(f"database: unreachable ({type(error).__name__})")
+        cause = getattr(error, "orig", None) or error  # the driver's own words, without SQL
+        problems.append(f"database: unreachable ({type(error).__name__}: {cause})")
     broker_problem = broker_reachable(settings.broker_url)
     if broker_problem is not None:
         problems.append(f"broker: unreachable ({broker_problem})")

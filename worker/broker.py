@@ -214,7 +214,7 @@ def broker_reachable(url: str, timeout_s: float = 5.0) -> str | None:
             result[0] = None
         except Exception as error:  # noqa: BLE001 - any failure to connect is the answer
             # pika's connection errors have an empty str(); their repr names the cause.
-            result[0] = str(error) and f"{type(error).__name__}: {error}" or repr(error)
+            result[0] = f"{type(error).__name__}: {error}" if str(error) else repr(error)
 
     # The answer is the reason returned; pika's own error lines would only repeat it.
     pika_logger = logging.getLogger("pika")

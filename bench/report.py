@@ -161,6 +161,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"instruction applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
         ]
         lines += _profile_lines(throughput.get("profile", {}))
+        if throughput.get("profile_missing"):
+            lines += ["", f"No profile: {throughput['profile_missing']}."]
     polling = results.get("polling")
     if polling and "api_calls" in polling:
         lines += [

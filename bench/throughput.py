@@ -310,7 +310,11 @@ def run(
             "pipeline": pipeline,
             "ratio": round(pipeline["rate_per_s"] / floor["rate_per_s"], 3),
         }
-        if profile_run:
+        if profile_run and profile.py_spy() is None:
+            log("throughput: py-spy is not installed (pip install py-spy); no profile")
+            result["profile"] = {}
+            result["profile_missing"] = "py-spy is not installed (pip install py-spy)"
+        elif profile_run:
             log("throughput: profiled pipeline run (not timed)")
             profiled = run_pipeline(
                 sandbox,

@@ -63,18 +63,6 @@ def client_sends(pipeline: Pipeline) -> list[float]:
     return sends
 
 
-# Not strict: the failure needs a busy host (it passes on an idle one), so a strict xfail would
-# fail there instead.
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "product bug (worker/ibkr/client.py, ratelimit.py): the limiter holds slot times, not "
-        "send times. A slot is granted, the thread sleeps until it, then signs and sends; on a "
-        "busy host the sends of one window's burst leave up to ~0.6 s late and bunch with the "
-        "next window's (the worker itself sent 15-16 POSTs within one second), so IBKR answers "
-        "429. Fix: re-check the slot right before sending and take a new one when late."
-    ),
-)
 def test_a_burst_of_400_stays_within_ibkr_limits_in_every_window_without_a_429(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:

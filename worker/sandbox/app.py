@@ -8,10 +8,10 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from worker import jsontext
@@ -21,13 +21,20 @@ from worker.sandbox.auth import (
     TOKEN_PATH,
     AccessToken,
     AuthFailure,
+    Authority,
 )
-from worker.sandbox.gateway import quirk_body, retry_after_header
-from worker.sandbox.ledger import QueryThrottled
+from worker.sandbox.clock import VirtualClock
+from worker.sandbox.config import SandboxConfig
+from worker.sandbox.gateway import (
+    Downtime,
+    Faults,
+    RateLimiter,
+    Stats,
+    quirk_body,
+    retry_after_header,
+)
+from worker.sandbox.ledger import Ledger, QueryThrottled
 from worker.sandbox.schemas import NOT_AN_OBJECT, RequestInvalid, validate_request
-
-if TYPE_CHECKING:
-    from worker.sandbox.server import Sandbox
 
 GW = "/gw/api/v1"
 JWKS_PATH = "/oauth2/api/v1/jwks"
@@ -134,10 +141,61 @@ def problem(
     )
 
 
+class SandboxPort(Protocol):
+    """What `SandboxApp` uses of the sandbox it serves: its parts, and the admin operations
+    behind `/__admin`. `server.Sandbox` provides it; naming it here keeps this module free of
+    an import of the server, which imports this module."""
+
+    @property
+    def config(self) -> SandboxConfig: ...
+    @property
+    def clock(self) -> VirtualClock: ...
+    @property
+    def authority(self) -> Authority: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def limiter(self) -> RateLimiter: ...
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def downtime(self) -> Downtime: ...
+    @property
+    def request_stats(self) -> Stats: ...
+    @property
+    def base_url_or_none(self) -> str | None: ...
+
+    def register_client(
+        self,
+        client_id: str,
+        key_id: str,
+        public_key_pem: bytes,
+        scopes: Iterable[str] | None = None,
+    ) -> object: ...
+    def advance(self, seconds: float) -> None: ...
+    def clock_state(self) -> dict[str, Any]: ...
+    def ledger_counts(self) -> dict[int, int]: ...
+    def stats(self, *, include_requests: bool = False) -> dict[str, Any]: ...
+    def set_faults(
+        self,
+        *,
+        error_500_rate: float | None = None,
+        error_503_rate: float | None = None,
+        drop_response_rate: float | None = None,
+    ) -> dict[str, float]: ...
+    def revoke_tokens(self) -> int: ...
+    def downtime_now(self, seconds: float) -> float: ...
+    def deposit_arrived(self, client_or_instruction_id: int) -> dict[str, Any]: ...
+    def micro_amounts(self, instruction_id: int) -> tuple[Decimal, Decimal]: ...
+    def final_transitions(self) -> dict[int, dict[str, Any]]: ...
+    def balances(self) -> dict[str, dict[str, Decimal]]: ...
+    def instruction(self, client_or_instruction_id: int) -> dict[str, Any]: ...
+
+
 class SandboxApp:
     """Routes requests to the token endpoint, the gateway checks, the ledger and admin API."""
 
-    def __init__(self, sandbox: Sandbox, *, real_time: Callable[[], float] = time.time) -> None:
+    def __init__(self, sandbox: SandboxPort, *, real_time: Callable[[], float] = time.time) -> None:
         self.sandbox = sandbox
         self.config = sandbox.config
         self._real_time = real_time
@@ -443,7 +501,7 @@ class SandboxApp:
         route: str,
         query: dict[str, list[str]],
         data: dict[str, Any],
-        sandbox: Sandbox,
+        sandbox: SandboxPort,
     ) -> Response:
         if method == "GET" and route == "/ledger-counts":
             return json_response(200, {str(k): v for k, v in sandbox.ledger_counts().items()})

@@ -1,5 +1,9 @@
 """Validation of a decoded request payload against IBKR's 2.29 request schemas.
 
+The schemas, and which instructionTypes each POST path accepts, come from IBKR's own OpenAPI
+document as shipped in `worker.ibkr.schemas`: the sandbox checks payloads with the same schemas
+the client's tests use, and follows IBKR's document rather than the client's endpoint table.
+
 Produces IBKR's 400 `/invalid-argument` shape: one `{field, description}` per bad field, with the
 leaf field name as IBKR reports it (`sourceAccountId`, `iraContributionType`). A bulk request is
 refused whole when any item is malformed.
@@ -14,7 +18,7 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 
-from worker.sandbox.openapi import ENDPOINT_TYPES, INSTRUCTION_SCHEMAS
+from worker.ibkr.schemas import instruction_schema, openapi_document
 
 MISSING = "Missing required parameter"
 INVALID = "Invalid or Missing required parameter"
@@ -22,6 +26,7 @@ NOT_AN_OBJECT = "Input is not a JSON Object or doesn't contain all expected fiel
 #: clientInstructionId: "numeric, positive, at most 20 digits" (reference §4.2).
 _MAX_CLIENT_INSTRUCTION_ID = 10**20 - 1
 _DATE_FIELDS = ("tradeDate", "settleDate", "startDate", "endDate")
+_V1 = "/gw/api/v1"
 
 
 class RequestInvalid(Exception):
@@ -43,6 +48,19 @@ class ValidatedRequest:
     instructions: tuple[dict[str, Any], ...]
 
 
+def _endpoint_types() -> dict[str, tuple[str, ...]]:
+    """The instructionType enum of each `/gw/api/v1` POST request body in the 2.29 document,
+    by path relative to `/gw/api/v1` (`:bulk` paths included)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for path, operations in openapi_document("2.29")["paths"].items():
+        body = operations.get("post", {}).get("requestBody", {})
+        schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+        types = schema.get("properties", {}).get("instructionType", {}).get("enum")
+        if path.startswith(_V1 + "/") and types:
+            found[path[len(_V1) :]] = tuple(types)
+    return found
+
+
 def _prepare(schema: Any) -> Any:
     # jsonschema divides by a float multipleOf, which a Decimal instance cannot take; a Decimal
     # divisor keeps the check exact.
@@ -56,9 +74,18 @@ def _prepare(schema: Any) -> Any:
     return schema
 
 
-_VALIDATORS = {
-    instruction_type: Draft7Validator(_prepare(schema))
-    for instruction_type, schema in INSTRUCTION_SCHEMAS.items()
+def _validator(instruction_type: str) -> Draft7Validator:
+    schema = instruction_schema(instruction_type)
+    if schema is None:
+        raise LookupError(f"IBKR's 2.29 document has no request schema for {instruction_type}")
+    return Draft7Validator(_prepare(schema))
+
+
+#: The instructionTypes each POST path accepts; built, like the validators, once at import.
+ENDPOINT_TYPES: dict[str, tuple[str, ...]] = _endpoint_types()
+_VALIDATORS: dict[str, Draft7Validator] = {
+    instruction_type: _validator(instruction_type)
+    for instruction_type in sorted({name for types in ENDPOINT_TYPES.values() for name in types})
 }
 
 

@@ -58,6 +58,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     http_timeout_s: float = 30.0
+    # How long a claimed row stays with its process; a crashed holder's rows wait this long.
+    lease_s: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.ibkr_token_url:
@@ -184,7 +186,8 @@ def load_settings(
     token_url = env.get("IBKR_TOKEN_URL") or ""
     if token_url:
         token_url = _url(env, "IBKR_TOKEN_URL", token_url, ("http", "https"))
-    correlation_timeout = _float(env, "IBKR_HTTP_TIMEOUT_S")
+    http_timeout = _float(env, "IBKR_HTTP_TIMEOUT_S")
+    lease = _float(env, "IBKR_LEASE_S")
     margin_raw = env.get("IBKR_RATE_LIMIT_MARGIN_S")
     margin = 0.15
     if margin_raw:
@@ -224,5 +227,6 @@ def load_settings(
         metrics_port=metrics_port,
         log_level=log_level,
         log_format=log_format,
-        http_timeout_s=correlation_timeout or 30.0,
+        http_timeout_s=http_timeout or 30.0,
+        lease_s=lease or 90.0,
     )

@@ -71,5 +71,6 @@ def build_runtime(
         owner=process_owner(actor),
         rng=random.Random(),
         observer=observer or NullObserver(),
+        lease_s=settings.lease_s,
     )
     return Runtime(settings=settings, engine=engine, client=client, ctx=ctx)

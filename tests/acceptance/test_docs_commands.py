@@ -593,6 +593,7 @@ def test_the_configuration_table_is_the_code_s() -> None:
         "LOG_FORMAT": settings.log_format,
         "IBKR_HTTP_TIMEOUT_S": settings.http_timeout_s,
         "IBKR_RATE_LIMIT_MARGIN_S": settings.rate_limit_margin_s,
+        "IBKR_LEASE_S": settings.lease_s,
     }
     for name, value in attributes.items():
         shown = table[name].strip().strip("`")

@@ -55,6 +55,8 @@ class Pipeline:
             "POLL_MAX_DELAY_S": "2",
             "POLL_BACKOFF_FACTOR": "1.5",
             "IBKR_HTTP_TIMEOUT_S": "5",
+            # A SIGKILLed holder's rows are taken over after this (crash tests wait for it).
+            "IBKR_LEASE_S": "20",
             "LOG_LEVEL": "INFO",
             **self.extra_env,
         }

@@ -174,7 +174,7 @@ def release_unfinished(ctx: TrackingContext, message_id: str) -> int:
     For a message handled again after this process failed half-way through it (the database
     went away after the POST, say): the scheduler asks IBKR what became of the POST before
     anything is sent again. Without this the rows wait for their lease to run out
-    (`ctx.lease_s`, 90 s). Returns the number of rows released.
+    (`ctx.lease_s`, IBKR_LEASE_S). Returns the number of rows released.
     """
     now = ctx.clock.now()
     with ctx.session_factory.begin() as session:

@@ -576,3 +576,19 @@ def test_supporting_reads(env: Env) -> None:
     assert client.get("/enumerations/complex-asset-transfer").status_code == 400
     wire = client.get("/enumerations/wire-instructions?accountId=U46377&currency=USD")
     assert wire.json()["enumerationsType"] == "wire-instructions"
+
+
+def test_a_bulk_member_whose_id_is_an_object_is_a_400_not_a_crash() -> None:
+    from worker.sandbox.schemas import RequestInvalid, validate_request
+
+    member = {
+        "clientInstructionId": {"nested": 1},
+        "sourceAccountId": "U46377",
+        "targetAccountId": "U15667",
+        "amount": 1,
+        "currency": "USD",
+    }
+    payload = {"instructionType": "INTERNAL_CASH_TRANSFER", "instructions": [member, dict(member)]}
+    with pytest.raises(RequestInvalid) as refused:
+        validate_request("/internal-cash-transfers:bulk", payload, bulk=True)
+    assert any(a["field"].endswith("clientInstructionId") for a in refused.value.invalid_arguments)

@@ -216,7 +216,8 @@ def validate_request(path: str, payload: Any, *, bulk: bool) -> ValidatedRequest
         found.extend(_schema_errors(instruction_type, item))
         found.extend(_extra_errors(instruction_type, item))
         cid = item.get("clientInstructionId")
-        if bulk and cid is not None:
+        # An object or array here is already reported by the schema; only ids are compared.
+        if bulk and isinstance(cid, int | str):
             if cid in seen_ids:
                 found.append(("clientInstructionId", "Must be unique within the request"))
             seen_ids.add(cid)

@@ -82,7 +82,8 @@ def pg_admin_url() -> str:
 def pg_database_factory(pg_admin_url: str) -> Iterator[Callable[[], str]]:
     """Creates empty PostgreSQL databases on demand; drops them all at the end of the run."""
     created: list[str] = []
-    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    # pre_ping: a test restarts PostgreSQL, and the run must still drop its databases after.
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
     def create() -> str:
         name = f"ibkr_test_{RUN_ID}_{len(created)}"

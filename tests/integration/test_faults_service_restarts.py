@@ -2,12 +2,12 @@
 applied twice, every change is announced, and no one has to do anything.
 
 These restart shared services, so they run one at a time (`serial`). RabbitMQ is restarted with
-`rabbitmqctl stop_app` / `start_app`. PostgreSQL is not restarted as a whole (other test
-databases share the cluster): every connection to this test's database is terminated, several
-times, which is what a restart does to our processes."""
+`rabbitmqctl stop_app` / `start_app`. PostgreSQL has connections to this test's database cut
+several times, and (as root, on a host with a local cluster) is stopped and started."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +16,10 @@ from typing import Any
 
 import pika
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from tests.conftest import TEST_DATABASE_URL
 from tests.integration.pipeline import EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.serial]
@@ -129,6 +132,63 @@ def test_postgresql_connections_cut_repeatedly_mid_run_lose_nothing(
         cut += terminated
         time.sleep(1.5)
     assert cut >= 4, "no connection of the worker or scheduler was cut"
+
+    wait_all_final(pipeline, cids, 150)
+    assert_exactly_once(pipeline, cids, events)
+
+
+def pg_ctlcluster(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])[
+        -1
+    ]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"]
+        if action != "start"
+        else ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def postgresql_answers(url: str) -> bool:
+    try:
+        pipeline_engine = create_engine(url)
+        with pipeline_engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        pipeline_engine.dispose()
+    except OperationalError:
+        return False
+    return True
+
+
+@pytest.fixture
+def postgresql_back_up() -> Iterator[None]:
+    """Whatever happens in the test, the local PostgreSQL cluster is running again afterwards."""
+    if os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
+        pytest.skip("restarting the PostgreSQL server needs root on a host with a local cluster")
+    try:
+        yield
+    finally:
+        if not postgresql_answers(TEST_DATABASE_URL):
+            pg_ctlcluster("start")
+
+
+def test_a_postgresql_server_restart_mid_run_loses_nothing_and_needs_no_manual_step(
+    make_pipeline: Callable[..., Pipeline], postgresql_back_up: None
+) -> None:
+    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100))
+    events = EventCollector(pipeline.broker_url, "instruction.processed")
+    pipeline.start_worker()
+    pipeline.start_scheduler()
+    cids = set(range(2_300_000, 2_300_150))
+    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.wait_for(lambda: len(pipeline.statuses()) >= 10, 60, "the run under way")
+
+    pg_ctlcluster("stop")
+    time.sleep(3)  # the processes meet a database that is down, not only cut connections
+    pg_ctlcluster("start")
+    pipeline.wait_for(lambda: postgresql_answers(pipeline.database_url), 60, "PostgreSQL back")
 
     wait_all_final(pipeline, cids, 150)
     assert_exactly_once(pipeline, cids, events)

@@ -48,8 +48,9 @@ def _require_ready(settings: Settings) -> None:
         _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT."""
+def stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT. Installed first thing, so a signal that arrives
+    while the process is still starting stops it cleanly once it has started."""
     stop = threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
@@ -57,6 +58,11 @@ def wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def wait_for(stop: threading.Event) -> None:
+    """Block until `stop` is set (a short timeout keeps the main thread responsive)."""
     while not stop.wait(1.0):
         pass
 
@@ -82,11 +88,13 @@ def worker_command(processes: int, threads: int) -> None:
     Each message is validated, persisted and submitted to IBKR exactly once in effect; SIGTERM
     finishes the messages in hand and returns the rest to the queue.
     """
-    settings = _settings()
-    _require_ready(settings)
     if processes > 1:
+        _require_ready(_settings())
         _supervise(processes, threads)
         return
+    stop = stop_on_signal()
+    settings = _settings()
+    _require_ready(settings)
     from dramatiq import Worker
 
     from worker.actors import declare_actors
@@ -105,7 +113,7 @@ def worker_command(processes: int, threads: int) -> None:
     consumer.start()
     log.info("worker started", threads=threads, queue="ibkr.instructions")
     try:
-        wait_for_signal()
+        wait_for(stop)
     finally:
         log.info("worker stopping: finishing the messages in hand")
         consumer.stop(timeout=30_000)
@@ -153,6 +161,7 @@ def scheduler_command(poll_threads: int) -> None:
     Several schedulers may run at once on PostgreSQL (rows are claimed with leases); run one
     on SQLite.
     """
+    stop = stop_on_signal()
     settings = _settings()
     _require_ready(settings)
     from worker.broker import AmqpEventPublisher, DeadLetterDrain, is_stub_url
@@ -177,7 +186,7 @@ def scheduler_command(poll_threads: int) -> None:
     scheduler.start()
     log.info("scheduler started", poll_threads=poll_threads)
     try:
-        wait_for_signal()
+        wait_for(stop)
     finally:
         log.info("scheduler stopping")
         scheduler.stop()

@@ -162,6 +162,7 @@ def test_worker_and_scheduler_stop_cleanly_on_sigterm(pipeline: Pipeline) -> Non
     scheduler = pipeline.start_scheduler()
     pipeline.publish([transfer(940030)])
     pipeline.wait_final(1, timeout_s=30)
+    pipeline.wait_for(lambda: "scheduler started" in pipeline.logs(), 30, "the scheduler up")
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     scheduler.send_signal(signal.SIGTERM)

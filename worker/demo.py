@@ -439,13 +439,13 @@ class Demo:
         table.add_column("from → to", no_wrap=True)
         table.add_column("actor", no_wrap=True)
         table.add_column("API exchange", no_wrap=True)
-        table.add_column("reason", overflow="fold", min_width=60)
+        table.add_column("reason", overflow="fold", ratio=1)
         for event in trail:
             api = event.get("api")
             api_text = f"{api['method']} {api['path']} → {api['httpStatus']}" if api else ""
             table.add_row(
                 str(event["at"])[11:23],
-                f"{event['fromStatus'] or '∅'} → {event['toStatus']}",
+                _transition(event["fromStatus"], event["toStatus"]),
                 event["actor"],
                 api_text.replace("/gw/api/v1", "").replace("{clientInstructionId}", "{id}"),
                 event["reason"],
@@ -467,6 +467,12 @@ def run_demo(
     finally:
         # The embedded database and the demo key live only as long as the run.
         shutil.rmtree(demo.workdir, ignore_errors=True)
+
+
+def _transition(from_status: str | None, to_status: str | None) -> str:
+    if from_status == to_status:
+        return f"{to_status} (note)"
+    return f"{from_status or '∅'} → {to_status}"
 
 
 def _total_requests(stats: dict[str, Any]) -> int | str:

@@ -7,29 +7,20 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
 import pytest
 
-from tests.integration.pipeline import Pipeline, make_sandbox
+from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 
 @pytest.fixture
-def pipeline(
-    pg_url: str, fresh_amqp_url: str, rsa_key_files: tuple[Path, Path], tmp_path: Path
-) -> Iterator[Pipeline]:
-    private_key, public_key = rsa_key_files
-    sandbox = make_sandbox(public_key.read_bytes(), speed=60.0)
-    pipe = Pipeline(pg_url, fresh_amqp_url, sandbox, private_key, tmp_path)
-    try:
-        yield pipe
-    finally:
-        pipe.stop_all()
-        sandbox.stop()
+def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    return make_pipeline(speed=60.0)
 
 
 def queue_depth(broker_url: str, queue: str = "ibkr.instructions") -> int:

@@ -4,12 +4,12 @@ account number in clear, for a run that handled all of them (processes logging a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline import EventCollector, Pipeline, make_sandbox
+from tests.integration.pipeline import EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -19,19 +19,8 @@ JWS = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
 
 
 @pytest.fixture
-def pipeline(
-    pg_url: str, fresh_amqp_url: str, rsa_key_files: tuple[Path, Path], tmp_path: Path
-) -> Iterator[Pipeline]:
-    private_key, public_key = rsa_key_files
-    sandbox = make_sandbox(public_key.read_bytes(), speed=120.0)
-    pipe = Pipeline(
-        pg_url, fresh_amqp_url, sandbox, private_key, tmp_path, extra_env={"LOG_LEVEL": "DEBUG"}
-    )
-    try:
-        yield pipe
-    finally:
-        pipe.stop_all()
-        sandbox.stop()
+def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    return make_pipeline({"LOG_LEVEL": "DEBUG"}, speed=120.0)
 
 
 def test_no_secret_or_account_number_reaches_logs_audit_or_events(

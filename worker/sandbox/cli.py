@@ -294,24 +294,9 @@ def sandbox(**options: Any) -> None:
 
 
 def _demo_key() -> tuple[Path, bytes]:
-    """A fresh 3072-bit demo key written to a private temporary directory:
+    """A fresh 3072-bit demo key pair in a private temporary directory:
     (private-key path, public PEM)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from worker.ibkr.keygen import generate_key_pair
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    directory = Path(tempfile.mkdtemp(prefix="ibkr-sandbox-"))
-    private_path = directory / "demo-private.pem"
-    private_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    private_path.chmod(0o600)
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    (directory / "demo-public.pem").write_bytes(public_pem)
-    return private_path, public_pem
+    private_path, public_path = generate_key_pair(tempfile.mkdtemp(prefix="ibkr-sandbox-"))
+    return private_path, public_path.read_bytes()

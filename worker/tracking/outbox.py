@@ -78,9 +78,3 @@ def oldest_unpublished_at(session: Session) -> datetime | None:
         .order_by(OutboxEvent.id)
         .limit(1)
     ).scalar_one_or_none()
-
-
-def backlog_size(session: Session, cap: int = 100_000) -> int:
-    """Number of unpublished events (counted up to `cap`, on the partial index)."""
-    sub = select(OutboxEvent.id).where(OutboxEvent.published_at.is_(None)).limit(cap).subquery()
-    return int(session.execute(select(func.count()).select_from(sub)).scalar_one())

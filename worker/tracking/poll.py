@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -289,14 +289,4 @@ def poll_set(ctx: TrackingContext, instruction_set_id: int) -> None:
             instruction_set_id=instruction_set_id,
             outcome=result.outcome.value,
             http_status=result.http_status,
-        )
-
-
-def due_rows_exist(ctx: TrackingContext, now: datetime) -> bool:
-    with ctx.session_factory() as session:
-        return (
-            session.execute(
-                select(ClientInstruction.id).where(ClientInstruction.next_poll_at <= now).limit(1)
-            ).first()
-            is not None
         )

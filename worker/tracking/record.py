@@ -124,30 +124,19 @@ def change_status(
     same status only appends an audit note (no event: nothing changed for the producers).
     """
     from_status = row.status or None  # a new row starts with no status
-    if from_status == to_status:
-        append_audit(
-            session,
-            row,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            actor=actor,
-            now=now,
-            api=api,
-            details=details,
-        )
-        return
-    row.status = to_status
-    row.updated_at = now
-    if to_status in FINAL_STATUSES:
-        row.final_at = now
-        row.next_poll_at = None
-        row.lease_owner = None
-        row.lease_expires_at = None
-    if row.id is None:
-        # A new row needs its id before the audit and outbox rows point at it; an existing
-        # row's changes go out with the transaction's other statements (one UPDATE, not two).
-        session.flush()
+    changed = from_status != to_status
+    if changed:
+        row.status = to_status
+        row.updated_at = now
+        if to_status in FINAL_STATUSES:
+            row.final_at = now
+            row.next_poll_at = None
+            row.lease_owner = None
+            row.lease_expires_at = None
+        if row.id is None:
+            # A new row needs its id before the audit and outbox rows point at it; an existing
+            # row's changes go out with the transaction's other statements (one UPDATE).
+            session.flush()
     append_audit(
         session,
         row,
@@ -159,7 +148,8 @@ def change_status(
         api=api,
         details=details,
     )
-    emit_event(session, row, event="status_changed", now=now)
+    if changed:
+        emit_event(session, row, event="status_changed", now=now)
 
 
 def mark_overdue(session: Session, row: ClientInstruction, *, actor: str, now: datetime) -> None:

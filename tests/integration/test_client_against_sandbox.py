@@ -21,12 +21,7 @@ from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.requests import build_body, parse_request
 from worker.ibkr.responses import Outcome, parse_response
-
-sandbox_module = pytest.importorskip("worker.sandbox")
-if not hasattr(sandbox_module, "Sandbox"):  # pragma: no cover - before the sandbox landed
-    pytest.skip("the bundled sandbox is not available", allow_module_level=True)
-Sandbox = sandbox_module.Sandbox
-SandboxConfig = sandbox_module.SandboxConfig
+from worker.sandbox import Sandbox, SandboxConfig
 
 CLIENT_ID, KEY_ID = "acme", "main"
 _ids = itertools.count(5_000_000)

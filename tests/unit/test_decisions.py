@@ -14,7 +14,6 @@ from worker.tracking.decisions import (
     after_set_read,
     after_submit,
     reconcile,
-    same_intent,
 )
 
 OURS = Tracked(1012983, "INTERNAL_CASH_TRANSFER", "SUBMITTING", attempt_count=1)
@@ -203,8 +202,3 @@ def test_an_unknown_ibkr_status_keeps_the_instruction_tracked() -> None:
     decision = after_submit(OURS, answer(202, envelope(202, 9, 1012983, "SOMETHING_NEW")))
     assert decision.to_status == "PENDING" and decision.action is Action.POLL
     assert "SOMETHING_NEW" in decision.reason
-
-
-@given(st.text(max_size=30), st.text(max_size=30))
-def test_same_intent_means_the_very_same_request(a: str, b: str) -> None:
-    assert same_intent(a, b) == (a == b)

@@ -5,10 +5,12 @@ announcement (and no announcement exists for a change that was not committed).""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from models import AuditEvent, ClientInstruction, OutboxEvent
@@ -43,9 +45,10 @@ def append_audit(
     now: datetime,
     api: ApiCall | None = None,
     details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one audit event about `row`. Response bodies are stored with bank account numbers
-    masked; tokens and signed bodies never reach this function."""
+) -> None:
+    """Append one audit event about `row` (written with the transaction, see `_Appends`).
+    Response bodies are stored with bank account numbers masked; tokens and signed bodies
+    never reach this function."""
     body: Any = None
     if api is not None and api.response_body is not None:
         body = jsontext.to_plain(mask_bank_details(api.response_body))
@@ -53,36 +56,37 @@ def append_audit(
             body = {"body": body}
     if details:
         body = {**(body or {}), "details": jsontext.to_plain(mask_bank_details(details))}
-    event = AuditEvent(
-        at=now,
-        client_instruction_pk=row.id,
-        client_instruction_id=row.client_instruction_id,
-        instruction_id=row.instruction_id,
-        instruction_set_id=row.instruction_set_id,
-        account_id=row.account_id,
-        correlation_id=row.correlation_id,
-        from_status=from_status,
-        to_status=to_status,
-        reason=reason,
-        actor=actor,
-        api_method=api.method if api else None,
-        api_path=api.path if api else None,
-        api_http_status=api.http_status if api else None,
-        api_latency_ms=round(api.latency_ms, 3) if api and api.latency_ms is not None else None,
-        api_response=body,
+    _appends(session).audit.append(
+        (
+            row,
+            {
+                "at": now,
+                "client_instruction_id": row.client_instruction_id,
+                "instruction_id": row.instruction_id,
+                "instruction_set_id": row.instruction_set_id,
+                "account_id": row.account_id,
+                "correlation_id": row.correlation_id,
+                "from_status": from_status,
+                "to_status": to_status,
+                "reason": reason,
+                "actor": actor,
+                "api_method": api.method if api else None,
+                "api_path": api.path if api else None,
+                "api_http_status": api.http_status if api else None,
+                "api_latency_ms": (
+                    round(api.latency_ms, 3) if api and api.latency_ms is not None else None
+                ),
+                "api_response": body,
+            },
+        )
     )
-    session.add(event)
-    return event
 
 
-def emit_event(
-    session: Session, row: ClientInstruction, *, event: str, now: datetime
-) -> OutboxEvent:
-    """Queue an event about `row` in the outbox (published by the relay after commit).
+def outbox_values(row: ClientInstruction, *, event: str, now: datetime) -> dict[str, Any]:
+    """The outbox row announcing `row`'s current state (its `event_sequence` already counted).
 
     `event` is `status_changed` (routing key `instruction.<status>`) or `overdue`.
     """
-    row.event_sequence = (row.event_sequence or 0) + 1
     event_id = str(uuid.uuid4())
     body = {
         **tracked_state(row),
@@ -94,17 +98,83 @@ def emit_event(
     routing_key = (
         "instruction.overdue" if event == "overdue" else f"instruction.{row.status.lower()}"
     )
-    outbox = OutboxEvent(
-        event_id=event_id,
-        client_instruction_pk=row.id,
-        sequence=row.event_sequence,
-        routing_key=routing_key,
-        body_json=jsontext.dumps(body),
-        created_at=now,
-        publish_attempts=0,
-    )
-    session.add(outbox)
-    return outbox
+    return {
+        "event_id": event_id,
+        "sequence": row.event_sequence,
+        "routing_key": routing_key,
+        "body_json": jsontext.dumps(body),
+        "created_at": now,
+        "publish_attempts": 0,
+    }
+
+
+def emit_event(session: Session, row: ClientInstruction, *, event: str, now: datetime) -> None:
+    """Queue an event about `row` in the outbox (published by the relay after commit)."""
+    row.event_sequence = (row.event_sequence or 0) + 1
+    _appends(session).outbox.append((row, outbox_values(row, event=event, now=now)))
+
+
+@dataclass
+class _Appends:
+    """Audit and outbox rows of the session's transaction, not yet written.
+
+    They are only ever inserted, never read back by the code that makes them, so they are
+    written with one multi-row INSERT per table when the session flushes (or commits) instead
+    of as ORM objects: the row they describe gets its id in that flush, and several
+    instructions recorded in one transaction cost two statements, not two per change.
+    """
+
+    audit: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
+    outbox: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
+
+
+_APPENDS_KEY = "tracking_appends"
+
+
+def _appends(session: Session) -> _Appends:
+    appends = session.info.get(_APPENDS_KEY)
+    if appends is None:
+        appends = session.info[_APPENDS_KEY] = _Appends()
+    return appends
+
+
+def _write_appends(session: Session) -> None:
+    appends: _Appends | None = session.info.get(_APPENDS_KEY)
+    if appends is None or not (appends.audit or appends.outbox):
+        return
+    audit, outbox = appends.audit, appends.outbox
+    appends.audit, appends.outbox = [], []
+    connection = session.connection()
+    if audit:
+        connection.execute(
+            insert(AuditEvent),
+            [{**values, "client_instruction_pk": row.id} for row, values in audit],
+        )
+    if outbox:
+        connection.execute(
+            insert(OutboxEvent),
+            [{**values, "client_instruction_pk": row.id} for row, values in outbox],
+        )
+
+
+@sa_event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    # New rows have their ids now; queries later in the transaction see the events.
+    _write_appends(session)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    appends: _Appends | None = session.info.get(_APPENDS_KEY)
+    if appends is not None and (appends.audit or appends.outbox):
+        session.flush()  # the rows first (their ids), then whatever is still buffered
+        _write_appends(session)
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget_appends(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # a rolled-back transaction's appends die with it
+        session.info.pop(_APPENDS_KEY, None)
 
 
 def change_status(
@@ -133,10 +203,6 @@ def change_status(
             row.next_poll_at = None
             row.lease_owner = None
             row.lease_expires_at = None
-        if row.id is None:
-            # A new row needs its id before the audit and outbox rows point at it; an existing
-            # row's changes go out with the transaction's other statements (one UPDATE).
-            session.flush()
     append_audit(
         session,
         row,

@@ -4,18 +4,38 @@ processed. Actors are declared on a broker passed in (nothing is read at import 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy.orm import Session
 
 from worker import jsontext
 from worker.broker import ACTOR_NAME, QUEUE_NAME
 from worker.logging import get_logger
 from worker.tracking.context import TrackingContext
 from worker.tracking.deadletters import record_dead_letter
-from worker.tracking.intake import Unprocessable, check_arguments, receive
-from worker.tracking.submit import release_unfinished, send
+from worker.tracking.group import GroupCommit, StepKind
+from worker.tracking.intake import (
+    Inbound,
+    Intake,
+    Received,
+    Unprocessable,
+    check_arguments,
+    receive,
+    receive_all,
+)
+from worker.tracking.submit import (
+    Answer,
+    log_answer,
+    post,
+    record,
+    record_answers,
+    release_unfinished,
+)
 
 log = get_logger(__name__)
 
@@ -25,13 +45,56 @@ _in_hand: set[str] = set()
 _in_hand_lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class GroupedSteps:
+    """The worker's two database steps, run in shared transactions by `group`."""
+
+    group: GroupCommit
+    receive: StepKind[Inbound, Intake]
+    record: StepKind[Answer, None]
+
+
+def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
+    """Receiving requests and recording answers through `group` (see `tracking.group`)."""
+
+    def receive_batch(session: Session, items: Sequence[Inbound]) -> list[Received]:
+        return receive_all(session, ctx, items)
+
+    def receive_alone(item: Inbound) -> Intake:
+        return receive(
+            ctx,
+            request=item.request,
+            correlation_id=item.correlation_id,
+            message_id=item.message_id,
+            begin_submission=item.begin_submission,
+        )
+
+    def record_batch(session: Session, answers: Sequence[Answer]) -> list[Callable[[], None]]:
+        record_answers(session, ctx, answers)
+        return [partial(log_answer, answer) for answer in answers]
+
+    return GroupedSteps(
+        group,
+        StepKind("receive", receive_batch, receive_alone),
+        StepKind("record", record_batch, partial(record, ctx)),
+    )
+
+
 def handle_message(
-    ctx: TrackingContext, args: tuple[Any, ...], kwargs: dict[str, Any], message: Any
+    ctx: TrackingContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: Any,
+    steps: GroupedSteps | None = None,
 ) -> None:
-    """Process one inbound message: persist the intent, then submit it (or record why not)."""
+    """Process one inbound message: persist the intent, then submit it (or record why not).
+
+    `steps`: run the database steps in transactions shared with other threads (the worker);
+    without it each step has a transaction of its own.
+    """
     message_id = getattr(message, "message_id", None)
     if message_id is None:
-        _handle(ctx, args, kwargs, message, None, in_hand_by_another_thread=False)
+        _handle(ctx, args, kwargs, message, None, steps, in_hand_by_another_thread=False)
         return
     with _in_hand_lock:
         in_hand_by_another_thread = message_id in _in_hand
@@ -43,6 +106,7 @@ def handle_message(
             kwargs,
             message,
             message_id,
+            steps,
             in_hand_by_another_thread=in_hand_by_another_thread,
         )
     finally:
@@ -57,19 +121,24 @@ def _handle(
     kwargs: dict[str, Any],
     message: Any,
     message_id: str | None,
+    steps: GroupedSteps | None,
     *,
     in_hand_by_another_thread: bool,
 ) -> None:
     try:
         request, correlation_id = check_arguments(args, kwargs)
         # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST.
-        intake = receive(
-            ctx,
-            request=request,
-            correlation_id=correlation_id,
-            message_id=message_id,
-            begin_submission=True,
-        )
+        inbound = Inbound(request, correlation_id, message_id, begin_submission=True)
+        if steps is not None:
+            intake = steps.group.run(steps.receive, inbound)
+        else:
+            intake = receive(
+                ctx,
+                request=request,
+                correlation_id=correlation_id,
+                message_id=message_id,
+                begin_submission=True,
+            )
     except Unprocessable as error:
         body: bytes | str
         try:
@@ -92,7 +161,12 @@ def _handle(
         client_instruction_ids=list(intake.client_instruction_ids[:20]),
     )
     if intake.disposition == "new" and intake.attempt is not None:
-        send(ctx, intake.attempt.submission_id, attempt=intake.attempt)
+        # Committed SUBMITTING above: now the POST, then its answer.
+        answer = post(ctx, intake.attempt)
+        if steps is not None:
+            steps.group.run(steps.record, answer)
+        else:
+            record(ctx, answer)
     elif (
         intake.disposition == "same_intent"
         and message_id is not None
@@ -105,11 +179,15 @@ def _handle(
             log.info("unfinished submission handed to the scheduler", message_id=message_id)
 
 
-def declare_actors(broker: dramatiq.Broker, ctx: TrackingContext) -> dramatiq.Actor[Any, None]:
-    """Declare `submit_instruction` on `broker`, bound to the tracking context `ctx`."""
+def declare_actors(
+    broker: dramatiq.Broker, ctx: TrackingContext, group: GroupCommit | None = None
+) -> dramatiq.Actor[Any, None]:
+    """Declare `submit_instruction` on `broker`, bound to the tracking context `ctx` (with
+    `group`, its threads share transactions)."""
+    steps = grouped_steps(ctx, group) if group is not None else None
 
     def submit_instruction(*args: Any, **kwargs: Any) -> None:
-        handle_message(ctx, args, kwargs, CurrentMessage.get_current_message())
+        handle_message(ctx, args, kwargs, CurrentMessage.get_current_message(), steps)
 
     actor: dramatiq.Actor[Any, None] = dramatiq.actor(
         broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME

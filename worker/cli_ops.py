@@ -101,6 +101,7 @@ def worker_command(processes: int, threads: int) -> None:
     from worker.broker import make_broker
     from worker.metrics import Metrics
     from worker.runtime import build_runtime
+    from worker.tracking.group import GroupCommit
 
     metrics = Metrics()
     runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=threads)
@@ -108,7 +109,8 @@ def worker_command(processes: int, threads: int) -> None:
         metrics.watch_database(runtime.ctx.session_factory)
         metrics.serve(settings.metrics_port)
     broker = make_broker(settings.broker_url)
-    declare_actors(broker, runtime.ctx)
+    group = GroupCommit(runtime.ctx.session_factory)
+    declare_actors(broker, runtime.ctx, group)
     consumer = Worker(broker, worker_threads=threads, worker_timeout=1000)
     consumer.start()
     log.info("worker started", threads=threads, queue="ibkr.instructions")
@@ -117,6 +119,7 @@ def worker_command(processes: int, threads: int) -> None:
     finally:
         log.info("worker stopping: finishing the messages in hand")
         consumer.stop(timeout=30_000)
+        group.stop()
         broker.close()
         runtime.close()
 

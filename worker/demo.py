@@ -237,9 +237,11 @@ class Demo:
         from dramatiq import Worker
 
         from worker.actors import declare_actors
+        from worker.tracking.group import GroupCommit
 
         self.broker = make_broker(self.broker_url)
-        declare_actors(self.broker, worker_runtime.ctx)
+        self.group = GroupCommit(worker_runtime.ctx.session_factory)
+        declare_actors(self.broker, worker_runtime.ctx, self.group)
         self.consumer = Worker(self.broker, worker_threads=4, worker_timeout=100)
         self.consumer.start()
         if not is_stub_url(self.broker_url):
@@ -266,6 +268,8 @@ class Demo:
     def stop(self) -> None:
         if hasattr(self, "consumer"):
             self.consumer.stop(timeout=5_000)
+        if hasattr(self, "group"):
+            self.group.stop()
         if hasattr(self, "scheduler"):
             self.scheduler.stop(timeout_s=5)
         if hasattr(self, "broker"):

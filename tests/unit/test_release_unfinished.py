@@ -54,18 +54,20 @@ def test_a_retried_message_releases_what_its_failed_attempt_left(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ManualClock()
-    worker = make_context(sqlite_url, ScriptedIbkr(), clock)
+    ibkr = ScriptedIbkr(posts=[answer(202, envelope(202, 46, 1012983, "PENDING"))])
+    worker = make_context(sqlite_url, ibkr, clock)
 
     def database_gone(*_args: Any, **_kwargs: Any) -> None:
         raise ConnectionError("the database went away after the POST")
 
-    monkeypatch.setattr("worker.actors.send", database_gone)
+    monkeypatch.setattr("worker.actors.record", database_gone)
     with pytest.raises(ConnectionError):
         handle_message(worker, (), {"request": transfer()}, Message("m-1"))
     leased = row(worker)
     assert leased.status == "SUBMITTING" and leased.lease_owner == worker.owner
 
     handle_message(worker, (), {"request": transfer()}, Message("m-1"))  # dramatiq's retry
+    assert ibkr.count("POST") == 1  # the retry sends nothing: the scheduler asks IBKR first
 
     released = row(worker)
     assert released.lease_owner is None and released.next_poll_at <= clock.now()

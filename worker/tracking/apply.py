@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +18,14 @@ from worker.logging import mask_bank_details
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Action, Decision, Tracked
-from worker.tracking.record import ApiCall, append_audit, change_status, mark_overdue
+from worker.tracking.record import (
+    ApiCall,
+    after_commit,
+    append_audit,
+    change_status,
+    mark_overdue,
+    transaction_info,
+)
 
 
 def tracked_of(row: ClientInstruction) -> Tracked:
@@ -91,6 +101,44 @@ def spread_past_downtime(ctx: TrackingContext, at: datetime) -> datetime:
     return end + timedelta(seconds=ctx.rng.uniform(1.0, 60.0))
 
 
+@dataclass
+class _KnownIbkrRows:
+    """IBKR's instructions and sets this transaction has looked up or created (None: known not
+    to exist). Several answers recorded in one transaction are looked up with one query each,
+    and a row created for one member is found by the next without a flush."""
+
+    instructions: dict[int, Instruction | None] = field(default_factory=dict)
+    sets: dict[int, InstructionSet | None] = field(default_factory=dict)
+
+
+def _known(session: Session) -> _KnownIbkrRows:
+    known: _KnownIbkrRows | None = transaction_info(session).get("known_ibkr_rows")
+    if known is None:
+        known = transaction_info(session)["known_ibkr_rows"] = _KnownIbkrRows()
+    return known
+
+
+def prefetch_ibkr_rows(
+    session: Session, *, instruction_ids: Iterable[int], set_ids: Iterable[int]
+) -> None:
+    """Look up IBKR's instructions and sets by id, one query per table, for this transaction."""
+    known = _known(session)
+    wanted_instructions = {i for i in instruction_ids if i not in known.instructions}
+    wanted_sets = {i for i in set_ids if i not in known.sets}
+    if wanted_instructions:
+        known.instructions.update(dict.fromkeys(wanted_instructions))
+        for instruction in session.execute(
+            select(Instruction).where(Instruction.instruction_id.in_(wanted_instructions))
+        ).scalars():
+            known.instructions[instruction.instruction_id] = instruction
+    if wanted_sets:
+        known.sets.update(dict.fromkeys(wanted_sets))
+        for instruction_set in session.execute(
+            select(InstructionSet).where(InstructionSet.instruction_set_id.in_(wanted_sets))
+        ).scalars():
+            known.sets[instruction_set.instruction_set_id] = instruction_set
+
+
 def upsert_instruction(
     session: Session,
     row: ClientInstruction,
@@ -102,12 +150,14 @@ def upsert_instruction(
     the row's set (default: `row.instruction_set_id`)."""
     if decision.instruction_id is None or decision.to_status == "CONFLICT":
         return
-    instruction = session.execute(
-        select(Instruction).where(Instruction.instruction_id == decision.instruction_id)
-    ).scalar_one_or_none()
+    known = _known(session)
+    if decision.instruction_id not in known.instructions:
+        prefetch_ibkr_rows(session, instruction_ids=[decision.instruction_id], set_ids=())
+    instruction = known.instructions[decision.instruction_id]
     if instruction is None:
         instruction = Instruction(instruction_id=decision.instruction_id, created_at=now)
         session.add(instruction)
+        known.instructions[decision.instruction_id] = instruction
     instruction.client_instruction_pk = row.id
     instruction.instruction_set_id = (
         decision.instruction_set_id or instruction_set_id or row.instruction_set_id
@@ -128,19 +178,21 @@ def upsert_instruction_set(
     http_status: int | None,
     now: datetime,
 ) -> None:
-    existing = session.get(InstructionSet, instruction_set_id)
+    known = _known(session)
+    if instruction_set_id not in known.sets:
+        prefetch_ibkr_rows(session, instruction_ids=(), set_ids=[instruction_set_id])
+    existing = known.sets[instruction_set_id]
     if existing is None:
-        session.add(
-            InstructionSet(
-                instruction_set_id=instruction_set_id,
-                submission_id=submission.id if submission else None,
-                http_status=http_status,
-                # A single request has one member: no need to load it to count it.
-                member_count=len(submission.members) if submission and submission.is_bulk else 1,
-                created_at=now,
-                updated_at=now,
-            )
+        known.sets[instruction_set_id] = InstructionSet(
+            instruction_set_id=instruction_set_id,
+            submission_id=submission.id if submission else None,
+            http_status=http_status,
+            # A single request has one member: no need to load it to count it.
+            member_count=len(submission.members) if submission and submission.is_bulk else 1,
+            created_at=now,
+            updated_at=now,
         )
+        session.add(known.sets[instruction_set_id])
     else:
         existing.updated_at = now
         existing.last_polled_at = now
@@ -240,7 +292,9 @@ def apply_decision(
             api=api,
             details=details,
         )
-        ctx.observer.status_changed(row.instruction_type, decision.to_status)
+        after_commit(
+            session, partial(ctx.observer.status_changed, row.instruction_type, decision.to_status)
+        )
         if row.instruction_type == VERIFICATION_TYPE and decision.to_status == "PROCESSED":
             look_at_verified_instruction(session, ctx, row, now)
     elif decision.is_error or decision.action in (Action.RESOLVE, Action.RESEND):

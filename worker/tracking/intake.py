@@ -8,12 +8,13 @@ one that cannot even be identified is refused with `Unprocessable` (it becomes a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Numeric, select
+from sqlalchemy import ColumnElement, Numeric, and_, or_, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -172,6 +173,22 @@ def _free_id(session: Session, ctx: TrackingContext, taken: set[int]) -> int:
             return candidate
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """One inbound request as the actor got it (`begin_submission`: see `receive`)."""
+
+    request: Any
+    correlation_id: Any
+    message_id: str | None
+    begin_submission: bool = False
+
+
+#: What `receive_all` gives for each request: a call that returns its `Intake` (or raises
+#: `Unprocessable`) once the transaction has committed, or None when the request must be
+#: received on its own after that commit (an earlier request of the batch holds its ids).
+Received = Callable[[], Intake] | None
+
+
 def receive(
     ctx: TrackingContext,
     *,
@@ -186,10 +203,13 @@ def receive(
     the same transaction (`submit.begin_attempt`), so the caller can POST right after the
     commit without another transaction.
     """
+    inbound = Inbound(request, correlation_id, message_id, begin_submission)
     for attempt in range(3):
         try:
             with ctx.session_factory.begin() as session:
-                return _receive(session, ctx, request, correlation_id, message_id, begin_submission)
+                [finish] = receive_all(session, ctx, [inbound])
+            assert finish is not None, "a request received alone is never deferred"
+            return finish()
         except DataError as error:
             # The database refuses a value of this request (SQLSTATE class 22): it would refuse
             # it on every retry, so the message is set aside now instead of retried.
@@ -203,24 +223,63 @@ def receive(
     raise AssertionError("unreachable")
 
 
-def _receive(
-    session: Session,
-    ctx: TrackingContext,
-    raw: Any,
-    correlation_id: Any,
-    message_id: str | None,
-    begin_submission: bool = False,
-) -> Intake:
+def receive_all(
+    session: Session, ctx: TrackingContext, inbounds: Sequence[Inbound]
+) -> list[Received]:
+    """Persist the intent of several inbound requests in the caller's transaction.
+
+    Redeliveries and owners of the clientInstructionIds are looked up with one query each for
+    the whole batch, and the new rows are written when the transaction flushes, so receiving
+    many requests together costs a few statements, not a few per request.
+    """
     now = ctx.clock.now()
-    if message_id is not None:
-        known = session.execute(
-            select(Submission).where(Submission.message_id == message_id).limit(1)
-        ).scalar_one_or_none()
-        if known is not None:
-            return Intake(
-                "same_intent", None, tuple(m.client_instruction_id for m in known.members)
-            )
+    checked = [_check(inbound) for inbound in inbounds]
+    known, owners = _look_up(
+        session,
+        [c.inbound.message_id for c in checked],
+        [i for c in checked for i in c.ids if i is not None],
+    )
+    held_ids: set[int] = set()
+    held_messages: set[str] = set()
+    received: list[Received] = []
+    for item in checked:
+        message_id = item.inbound.message_id
+        if message_id is not None and message_id in known:
+            received.append(_done(Intake("same_intent", None, known[message_id])))
+            continue
+        if item.unprocessable is not None:
+            received.append(_raise(item.unprocessable))
+            continue
+        given = {i for i in item.ids if i is not None}
+        if (message_id is not None and message_id in held_messages) or given & held_ids:
+            received.append(None)
+            continue
+        held_ids |= given
+        if message_id is not None:
+            held_messages.add(message_id)
+        received.append(_receive(session, ctx, item, owners, now))
+    return received
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request checked without the database: parsed, or the problem that keeps it from
+    being sent (with what still identifies it), or why it cannot even be recorded."""
+
+    inbound: Inbound
+    parsed: ParsedRequest | None = None
+    problem: str | None = None
+    stored_correlation: str | None = None
+    #: The failed request's (type, bulk, members) when it still names instructions.
+    identified: tuple[str, bool, list[dict[str, Any]]] | None = None
+    ids: tuple[int | None, ...] = ()
+    unprocessable: Unprocessable | None = None
+
+
+def _check(inbound: Inbound) -> _Checked:
+    raw, correlation_id = inbound.request, inbound.correlation_id
     problem = _correlation_problem(correlation_id)
+    stored_correlation = correlation_id if problem is None else None
     parsed: ParsedRequest | None = None
     if problem is None:
         size = len(jsontext.dumps(raw)) if _plain_json(raw) else MAX_REQUEST_BYTES + 1
@@ -234,47 +293,115 @@ def _receive(
             else:
                 problem = _amount_problem(parsed)
                 parsed = parsed if problem is None else None
-    stored_correlation = correlation_id if _correlation_problem(correlation_id) is None else None
-    if parsed is None:
-        kind, bulk, members, ids = _identify(raw)
-        return _record_failed(
-            session,
-            ctx,
-            kind,
-            bulk,
-            members,
-            ids,
-            raw,
-            problem or "invalid request",
-            stored_correlation,
-            message_id,
-            now,
-        )
-    ids = [member.get("clientInstructionId") for member in parsed.members]
-    given = [i for i in ids if i is not None]
-    if len(set(given)) != len(given):
-        return _record_failed(
-            session,
-            ctx,
-            parsed.instruction_type,
-            parsed.bulk,
-            list(parsed.members),
-            ids,
-            raw,
-            "instructions: a clientInstructionId appears more than once in this bulk request",
-            stored_correlation,
-            message_id,
-            now,
-        )
-    owners: dict[int, ClientInstruction] = {}
-    if given:
-        for owner in session.execute(
-            select(ClientInstruction).where(
-                ClientInstruction.client_instruction_id.in_(given),
+    if parsed is not None:
+        ids = tuple(member.get("clientInstructionId") for member in parsed.members)
+        return _Checked(inbound, parsed, None, stored_correlation, None, ids)
+    try:
+        kind, bulk, members, given = _identify(raw)
+    except Unprocessable as error:
+        return _Checked(inbound, unprocessable=error)
+    return _Checked(
+        inbound,
+        None,
+        problem or "invalid request",
+        stored_correlation,
+        (kind, bulk, members),
+        tuple(given),
+    )
+
+
+def _look_up(
+    session: Session, message_ids: list[str | None], ids: list[int]
+) -> tuple[dict[str, tuple[int, ...]], dict[int, ClientInstruction]]:
+    """In one query: the clientInstructionIds of the requests already received from these
+    messages, and the rows that own these clientInstructionIds."""
+    wanted_messages = {m for m in message_ids if m is not None}
+    wanted_ids = set(ids)
+    conditions: list[ColumnElement[bool]] = []
+    if wanted_messages:
+        conditions.append(ClientInstruction.message_id.in_(wanted_messages))
+    if wanted_ids:
+        conditions.append(
+            and_(
+                ClientInstruction.client_instruction_id.in_(wanted_ids),
                 ClientInstruction.duplicate_of_id.is_(None),
             )
-        ).scalars():
-            owners[owner.client_instruction_id] = owner
+        )
+    if not conditions:
+        return {}, {}
+    first: dict[str, int | None] = {}
+    members: dict[int | None, list[int]] = {}
+    owners: dict[int, ClientInstruction] = {}
+    for row in session.execute(
+        select(ClientInstruction)
+        .where(or_(*conditions))
+        .order_by(ClientInstruction.submission_id, ClientInstruction.position)
+    ).scalars():
+        if row.message_id in wanted_messages:
+            first.setdefault(row.message_id, row.submission_id)
+            members.setdefault(row.submission_id, []).append(row.client_instruction_id)
+        if row.client_instruction_id in wanted_ids and row.duplicate_of_id is None:
+            owners[row.client_instruction_id] = row
+    known = {m: tuple(members[submission_id]) for m, submission_id in first.items()}
+    return known, owners
+
+
+def _done(intake: Intake) -> Callable[[], Intake]:
+    return lambda: intake
+
+
+def _raise(error: Unprocessable) -> Callable[[], Intake]:
+    def finish() -> Intake:
+        raise error
+
+    return finish
+
+
+def _receive(
+    session: Session,
+    ctx: TrackingContext,
+    item: _Checked,
+    all_owners: dict[int, ClientInstruction],
+    now: datetime,
+) -> Callable[[], Intake]:
+    raw, message_id = item.inbound.request, item.inbound.message_id
+    parsed, ids, stored_correlation = item.parsed, list(item.ids), item.stored_correlation
+    if parsed is None:
+        assert item.identified is not None and item.problem is not None
+        kind, bulk, members = item.identified
+        return _done(
+            _record_failed(
+                session,
+                ctx,
+                kind,
+                bulk,
+                members,
+                ids,
+                raw,
+                item.problem,
+                stored_correlation,
+                message_id,
+                now,
+            )
+        )
+    given = [i for i in ids if i is not None]
+    if len(set(given)) != len(given):
+        return _done(
+            _record_failed(
+                session,
+                ctx,
+                parsed.instruction_type,
+                parsed.bulk,
+                list(parsed.members),
+                ids,
+                raw,
+                "instructions: a clientInstructionId appears more than once in this bulk request",
+                stored_correlation,
+                message_id,
+                now,
+            )
+        )
+    owners = {i: all_owners[i] for i in given if i in all_owners}
     if owners:
         repeats = [
             owners.get(i) is not None
@@ -286,23 +413,25 @@ def _receive(
             if i is not None
         ]
         if len(owners) == len(ids) and all(repeats):
-            return Intake("same_intent", None, tuple(int(i) for i in ids if i is not None))
+            return _done(Intake("same_intent", None, tuple(int(i) for i in ids if i is not None)))
         used = ", ".join(str(i) for i in sorted(owners))
-        return _record_failed(
-            session,
-            ctx,
-            parsed.instruction_type,
-            parsed.bulk,
-            list(parsed.members),
-            ids,
-            raw,
-            f"clientInstructionId {used} is already used by another request; a clientInstructionId "
-            "is never reused for a different request",
-            stored_correlation,
-            message_id,
-            now,
-            code=DUPLICATE_REQUEST_CODE,
-            owners=owners,
+        return _done(
+            _record_failed(
+                session,
+                ctx,
+                parsed.instruction_type,
+                parsed.bulk,
+                list(parsed.members),
+                ids,
+                raw,
+                f"clientInstructionId {used} is already used by another request; a "
+                "clientInstructionId is never reused for a different request",
+                stored_correlation,
+                message_id,
+                now,
+                code=DUPLICATE_REQUEST_CODE,
+                owners=owners,
+            )
         )
     taken = set(given)
     final_ids: list[int] = []
@@ -324,13 +453,13 @@ def _receive(
         updated_at=now,
     )
     session.add(submission)
-    session.flush()
     first_look = spread_past_downtime(ctx, now + timedelta(seconds=ctx.received_grace_s))
     rows: list[ClientInstruction] = []
     for position, (member, cid) in enumerate(zip(parsed.members, final_ids, strict=True)):
+        # Written with the submission when the transaction flushes (its id comes then).
         row = ClientInstruction(
             client_instruction_id=cid,
-            submission_id=submission.id,
+            submission=submission,
             position=position,
             instruction_type=parsed.instruction_type,
             account_id=member_account_id(member),
@@ -360,8 +489,12 @@ def _receive(
             actor=ctx.actor,
             now=now,
         )
-    attempt = begin_attempt(session, ctx, submission, rows, now) if begin_submission else None
-    return Intake("new", submission.id, tuple(final_ids), attempt)
+    attempt = (
+        begin_attempt(session, ctx, submission, rows, now)
+        if item.inbound.begin_submission
+        else None
+    )
+    return lambda: Intake("new", submission.id, tuple(final_ids), attempt)
 
 
 def _amount_problem(parsed: ParsedRequest) -> str | None:

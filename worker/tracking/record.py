@@ -5,6 +5,7 @@ announcement (and no announcement exists for a change that was not committed).""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -118,29 +119,55 @@ def emit_event(session: Session, row: ClientInstruction, *, event: str, now: dat
 class _Appends:
     """Audit and outbox rows of the session's transaction, not yet written.
 
-    They are only ever inserted, never read back by the code that makes them, so they are
-    written with one multi-row INSERT per table when the session flushes (or commits) instead
-    of as ORM objects: the row they describe gets its id in that flush, and several
-    instructions recorded in one transaction cost two statements, not two per change.
+    They are only ever inserted, never read back in the transaction that makes them, so they
+    are written with one multi-row INSERT per table just before the transaction commits
+    instead of as ORM objects: the rows they describe have their ids by then, and several
+    instructions recorded in one transaction cost two statements, not two per change. (A query
+    later in the same transaction does not see them.)
     """
 
     audit: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
     outbox: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
 
 
-_APPENDS_KEY = "tracking_appends"
+def transaction_info(session: Session) -> dict[str, Any]:
+    """A scratch dict that lives as long as the session's current (outermost) transaction:
+    what the tracking code buffers or caches for it is dropped when it ends, committed or not."""
+    info: dict[str, Any] | None = session.info.get(_TRANSACTION_INFO_KEY)
+    if info is None:
+        info = session.info[_TRANSACTION_INFO_KEY] = {}
+    return info
+
+
+def after_commit(session: Session, call: Callable[[], None]) -> None:
+    """Call `call` once the session's current transaction has committed (never if it rolls
+    back): for effects outside the database, such as metrics, that a retried transaction must
+    not repeat."""
+    transaction_info(session).setdefault(_AFTER_COMMIT_KEY, []).append(call)
+
+
+_TRANSACTION_INFO_KEY = "tracking_transaction"
+_APPENDS_KEY = "appends"
+_AFTER_COMMIT_KEY = "after_commit"
 
 
 def _appends(session: Session) -> _Appends:
-    appends = session.info.get(_APPENDS_KEY)
+    info = transaction_info(session)
+    appends: _Appends | None = info.get(_APPENDS_KEY)
     if appends is None:
-        appends = session.info[_APPENDS_KEY] = _Appends()
+        appends = info[_APPENDS_KEY] = _Appends()
     return appends
 
 
+def _pending_appends(session: Session) -> _Appends | None:
+    info = session.info.get(_TRANSACTION_INFO_KEY)
+    appends: _Appends | None = info.get(_APPENDS_KEY) if info else None
+    return appends if appends is not None and (appends.audit or appends.outbox) else None
+
+
 def _write_appends(session: Session) -> None:
-    appends: _Appends | None = session.info.get(_APPENDS_KEY)
-    if appends is None or not (appends.audit or appends.outbox):
+    appends = _pending_appends(session)
+    if appends is None:
         return
     audit, outbox = appends.audit, appends.outbox
     appends.audit, appends.outbox = [], []
@@ -157,24 +184,24 @@ def _write_appends(session: Session) -> None:
         )
 
 
-@sa_event.listens_for(Session, "after_flush")
-def _after_flush(session: Session, _context: Any) -> None:
-    # New rows have their ids now; queries later in the transaction see the events.
-    _write_appends(session)
-
-
 @sa_event.listens_for(Session, "before_commit")
 def _before_commit(session: Session) -> None:
-    appends: _Appends | None = session.info.get(_APPENDS_KEY)
-    if appends is not None and (appends.audit or appends.outbox):
-        session.flush()  # the rows first (their ids), then whatever is still buffered
+    if _pending_appends(session) is not None:
+        session.flush()  # the rows first (their ids), then the buffered events
         _write_appends(session)
 
 
+@sa_event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    info = session.info.pop(_TRANSACTION_INFO_KEY, None)
+    for call in (info or {}).get(_AFTER_COMMIT_KEY, ()):
+        call()
+
+
 @sa_event.listens_for(Session, "after_transaction_end")
-def _forget_appends(session: Session, transaction: Any) -> None:
-    if transaction.parent is None:  # a rolled-back transaction's appends die with it
-        session.info.pop(_APPENDS_KEY, None)
+def _forget_transaction(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # a rolled-back transaction's buffers die with it
+        session.info.pop(_TRANSACTION_INFO_KEY, None)
 
 
 def change_status(

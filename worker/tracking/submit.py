@@ -7,22 +7,29 @@ before anything is sent again. The answer and its audit events are recorded in o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models import ClientInstruction, Submission, is_postgresql
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.endpoints import Endpoint, endpoint_for
-from worker.ibkr.responses import Outcome
+from worker.ibkr.responses import ApiResult, Outcome
 from worker.logging import get_logger
-from worker.tracking.apply import apply_decision, spread_past_downtime, tracked_of
+from worker.tracking.apply import (
+    apply_decision,
+    prefetch_ibkr_rows,
+    spread_past_downtime,
+    tracked_of,
+)
 from worker.tracking.context import TrackingContext
-from worker.tracking.decisions import after_submit
+from worker.tracking.decisions import Decision, after_submit
 from worker.tracking.record import append_audit, change_status
 
 log = get_logger(__name__)
@@ -47,10 +54,24 @@ class Attempt:
     """An attempt whose members are SUBMITTING in a transaction of the caller: once that has
     committed, `send` may POST `body` to `endpoint`."""
 
-    submission_id: int
+    submission: Submission
     number: int
     endpoint: Endpoint
     body: dict[str, Any]
+
+    @property
+    def submission_id(self) -> int:
+        """The submission's id (assigned when the transaction that begun the attempt flushed)."""
+        return self.submission.id
+
+
+@dataclass(frozen=True)
+class Answer:
+    """IBKR's answer to an attempt's POST, to be recorded."""
+
+    attempt: Attempt
+    result: ApiResult
+    at: datetime
 
 
 def begin_attempt(
@@ -105,7 +126,7 @@ def begin_attempt(
             now=now,
         )
     body: dict[str, Any] = jsontext.loads(submission.request_json)
-    return Attempt(submission.id, attempt, endpoint, body)
+    return Attempt(submission, attempt, endpoint, body)
 
 
 def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = None) -> bool:
@@ -124,48 +145,106 @@ def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = 
             attempt = begin_attempt(session, ctx, submission, members, ctx.clock.now())
         if attempt is None:
             return False
-    endpoint, body = attempt.endpoint, attempt.body
-    result = ctx.ibkr.post_instruction(endpoint, body)
-    ctx.observer.api_call(result)
-    now = ctx.clock.now()
+    record(ctx, post(ctx, attempt))
+    return True
+
+
+def record(ctx: TrackingContext, answer: Answer) -> None:
+    """Record one answer in a transaction of its own."""
     with ctx.session_factory.begin() as session:
-        submission = session.get(Submission, submission_id)
-        assert submission is not None
+        record_answers(session, ctx, [answer])
+    log_answer(answer)
+
+
+def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
+    """POST a begun (committed) attempt; the answer is still to be recorded."""
+    result = ctx.ibkr.post_instruction(attempt.endpoint, attempt.body)
+    ctx.observer.api_call(result)
+    return Answer(attempt, result, ctx.clock.now())
+
+
+def log_answer(answer: Answer) -> None:
+    """The log line of a recorded answer."""
+    result = answer.result
+    log.info(
+        "instruction submitted",
+        submission_id=answer.attempt.submission_id,
+        endpoint=answer.attempt.endpoint.path,
+        attempt=answer.attempt.number,
+        outcome=result.outcome.value,
+        http_status=result.http_status,
+        instruction_set_id=result.instruction_set_id,
+    )
+
+
+def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Answer]) -> None:
+    """Record IBKR's answers for every member of their submissions, in the caller's transaction.
+
+    The submissions and their (locked) members are read with one query each, IBKR's rows the
+    answers name with one more, so recording many answers together costs a few statements.
+    """
+    ids = [answer.attempt.submission_id for answer in answers]
+    submissions: dict[int, Submission] = {}
+    members: dict[int, list[ClientInstruction]] = {i: [] for i in ids}
+    query = (
+        select(ClientInstruction, Submission)
+        .join(ClientInstruction.submission)
+        .where(ClientInstruction.submission_id.in_(ids))
+        .order_by(ClientInstruction.submission_id, ClientInstruction.position)
+    )
+    if is_postgresql(session):
+        query = query.with_for_update(of=ClientInstruction)
+    for member, submission in session.execute(query):
+        submissions[submission.id] = submission
+        members[submission.id].append(member)
+    for submission_id, rows in members.items():
+        set_committed_value(submissions[submission_id], "members", rows)
+    decisions: list[tuple[Answer, ClientInstruction, Decision | None]] = []
+    for answer in answers:
+        for member in members[answer.attempt.submission_id]:
+            late = member.status != "SUBMITTING" or member.attempt_count != answer.attempt.number
+            decision = (
+                None if late else after_submit(tracked_of(member), answer.result, member.position)
+            )
+            decisions.append((answer, member, decision))
+    prefetch_ibkr_rows(
+        session,
+        instruction_ids=[d.instruction_id for _, _, d in decisions if d and d.instruction_id],
+        set_ids=[
+            i
+            for answer, member, d in decisions
+            for i in (member.instruction_set_id, d.instruction_set_id if d else None)
+            if i is not None
+        ],
+    )
+    for answer in answers:
+        submission = submissions[answer.attempt.submission_id]
+        result = answer.result
         submission.http_status = result.http_status
-        submission.updated_at = now
+        submission.updated_at = answer.at
         if result.instruction_set_id is not None and result.outcome in (
             Outcome.FINAL,
             Outcome.ACCEPTED,
             Outcome.REJECTED,
         ):
             submission.instruction_set_id = result.instruction_set_id
-        for member in lock_members(session, submission_id):
-            if member.status != "SUBMITTING" or member.attempt_count != attempt.number:
-                # Another process took over after our lease ran out; its record stands.
-                append_audit(
-                    session,
-                    member,
-                    from_status=member.status,
-                    to_status=member.status,
-                    reason=(
-                        f"late answer to attempt {attempt.number} ignored: the instruction moved on"
-                    ),
-                    actor=ctx.actor,
-                    now=now,
-                )
-                continue
-            decision = after_submit(tracked_of(member), result, member.position)
-            apply_decision(session, ctx, member, decision, result=result, now=now)
-    log.info(
-        "instruction submitted",
-        submission_id=submission_id,
-        endpoint=endpoint.path,
-        attempt=attempt.number,
-        outcome=result.outcome.value,
-        http_status=result.http_status,
-        instruction_set_id=result.instruction_set_id,
-    )
-    return True
+    for answer, member, decision in decisions:
+        if decision is None:
+            # Another process took over after our lease ran out; its record stands.
+            append_audit(
+                session,
+                member,
+                from_status=member.status,
+                to_status=member.status,
+                reason=(
+                    f"late answer to attempt {answer.attempt.number} ignored: "
+                    "the instruction moved on"
+                ),
+                actor=ctx.actor,
+                now=answer.at,
+            )
+            continue
+        apply_decision(session, ctx, member, decision, result=answer.result, now=answer.at)
 
 
 def release_unfinished(ctx: TrackingContext, message_id: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,8 +64,60 @@ def is_postgresql(engine_or_session: Engine | Session) -> bool:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions with explicit transactions (`with factory.begin() as session:`)."""
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions with explicit transactions (`with factory.begin() as session:`).
+
+    On PostgreSQL, new rows of a table that a flush inserts several of get their ids from the
+    table's sequence first (`_assign_ids_in_bulk`).
+    """
+    factory = sessionmaker(engine, expire_on_commit=False)
+    if engine.dialect.name == "postgresql":
+        event.listen(factory, "before_flush", _assign_ids_in_bulk)
+    return factory
+
+
+def _assign_ids_in_bulk(session: Session, _context: Any, _instances: Any) -> None:
+    """Give the new rows of every table with two or more of them their ids from the table's
+    sequence, all tables in one query.
+
+    Rows without ids are inserted with one multi-row INSERT ... RETURNING id whose text grows
+    with the number of rows, which the driver has to parse anew every time (it only caches
+    short statements); rows with ids go out as one short statement executed for each row in a
+    pipeline. Ids come from the same sequence as the column default, in the order the rows
+    were added.
+    """
+    pending: dict[Table, list[Any]] = {}
+    for instance in session.new:
+        state = inspect(instance)
+        table = state.mapper.local_table
+        column = table.autoincrement_column if isinstance(table, Table) else None
+        if column is None:
+            continue
+        if getattr(instance, state.mapper.get_property_by_column(column).key) is not None:
+            continue
+        pending.setdefault(table, []).append(instance)
+    several = {table: rows for table, rows in pending.items() if len(rows) > 1}
+    if not several:
+        return
+    tables = sorted(several, key=lambda table: table.name)
+    queries = [
+        f"(SELECT array_agg(nextval('{_sequence_name(table)}')) "
+        f"FROM generate_series(1, {len(several[table])}))"
+        for table in tables
+    ]
+    allocated = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
+    for table, ids in zip(tables, allocated, strict=True):
+        rows = sorted(several[table], key=lambda row: inspect(row).insert_order)
+        column = table.autoincrement_column
+        assert column is not None
+        for row, new_id in zip(rows, sorted(ids), strict=True):
+            setattr(row, inspect(row).mapper.get_property_by_column(column).key, new_id)
+
+
+def _sequence_name(table: Table) -> str:
+    """The sequence behind the table's serial id (as PostgreSQL names it for BIGSERIAL)."""
+    column = table.autoincrement_column
+    assert column is not None
+    return f"{table.name}_{column.name}_seq"
 
 
 def next_client_instruction_id(session: Session, start: int) -> int:

@@ -16,9 +16,17 @@ _encode_string = json.encoder.encode_basestring_ascii
 
 def dumps(value: Any) -> str:
     """Compact JSON text of `value`; Decimal amounts keep their exact digits (no exponent)."""
+    try:
+        # Plain values (no Decimal) give the same text from the C encoder, much faster.
+        return _plain_encoder.encode(value)
+    except (TypeError, ValueError):
+        pass
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts)
+
+
+_plain_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def loads(text: str | bytes) -> Any:

@@ -1,0 +1,171 @@
+"""Receiving and recording many requests in one PostgreSQL transaction (the worker's group
+commit) ends exactly as receiving and recording each alone would."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
+
+from models import AuditEvent, ClientInstruction, Instruction, InstructionSet, OutboxEvent
+from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from worker.actors import grouped_steps
+from worker.clock import ManualClock
+from worker.tracking.context import TrackingContext
+from worker.tracking.group import GroupCommit
+from worker.tracking.intake import Inbound, Intake, Unprocessable, receive_all
+from worker.tracking.submit import Answer, record_answers
+
+
+def context(pg_url: str) -> TrackingContext:
+    return make_context(pg_url, ScriptedIbkr(), ManualClock())
+
+
+def rows(ctx: TrackingContext) -> list[ClientInstruction]:
+    with ctx.session_factory() as session:
+        return list(
+            session.execute(select(ClientInstruction).order_by(ClientInstruction.id)).scalars()
+        )
+
+
+def count(ctx: TrackingContext, model: Any) -> int:
+    with ctx.session_factory() as session:
+        return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def receive_together(ctx: TrackingContext, inbounds: list[Inbound]) -> list[Any]:
+    with ctx.session_factory.begin() as session:
+        finishes = receive_all(session, ctx, inbounds)
+    return [finish() if finish is not None else None for finish in finishes]
+
+
+def test_many_requests_in_one_transaction_get_rows_ids_in_order_and_their_events(
+    pg_url: str,
+) -> None:
+    ctx = context(pg_url)
+    inbounds = [Inbound(transfer(9000 + i), f"c-{i}", f"m-{i}", True) for i in range(10)]
+    intakes = receive_together(ctx, inbounds)
+    assert [i.disposition for i in intakes] == ["new"] * 10
+    assert all(i.attempt is not None and i.attempt.number == 1 for i in intakes)
+    stored = rows(ctx)
+    # Ids come from the sequence in the order the requests were received.
+    assert [r.client_instruction_id for r in stored] == [9000 + i for i in range(10)]
+    assert [r.submission_id for r in stored] == sorted(i.submission_id for i in intakes)
+    assert {r.status for r in stored} == {"SUBMITTING"}
+    assert count(ctx, AuditEvent) == 20 and count(ctx, OutboxEvent) == 20
+    with ctx.session_factory() as session:
+        trail = session.execute(
+            select(AuditEvent.client_instruction_pk, AuditEvent.to_status).order_by(AuditEvent.id)
+        ).all()
+    assert trail[:2] == [(stored[0].id, "RECEIVED"), (stored[0].id, "SUBMITTING")]
+
+
+def test_a_repeated_id_or_message_in_one_batch_is_received_after_the_first_commits(
+    pg_url: str,
+) -> None:
+    ctx = context(pg_url)
+    first = Inbound(transfer(9100), None, "m-1", True)
+    same_id_other_message = Inbound(transfer(9100), None, "m-2", True)
+    same_message = Inbound(transfer(9100), None, "m-1", True)
+    intakes = receive_together(ctx, [first, same_id_other_message, same_message])
+    assert intakes[0].disposition == "new" and intakes[1:] == [None, None]
+    # Run alone afterwards (as the group does), both are recognised as the same intent.
+    again = receive_together(ctx, [same_id_other_message])
+    assert again[0].disposition == "same_intent"
+    again = receive_together(ctx, [same_message])
+    assert again[0].disposition == "same_intent"
+    assert [r.client_instruction_id for r in rows(ctx)] == [9100]
+
+
+def test_a_value_the_database_refuses_fails_the_whole_batch_and_nothing_of_it_is_kept(
+    pg_url: str,
+) -> None:
+    ctx = context(pg_url)
+    good = Inbound(transfer(9200), None, "m-good", True)
+    bad = Inbound(transfer(9201), "nul\x00byte", "m-bad", True)  # PostgreSQL refuses NUL
+    with pytest.raises(DataError):
+        receive_together(ctx, [good, bad])
+    assert rows(ctx) == [] and count(ctx, AuditEvent) == 0
+
+
+def test_through_the_group_a_refused_request_harms_none_of_the_others(pg_url: str) -> None:
+    ctx = context(pg_url)
+    group = GroupCommit(ctx.session_factory)
+    steps = grouped_steps(ctx, group)
+    inbounds = [Inbound(transfer(9300 + i), None, f"m-{i}", True) for i in range(8)]
+    inbounds.append(Inbound(transfer(9399), "nul\x00byte", "m-bad", True))
+    results: dict[str, Intake | Exception] = {}
+
+    def one(inbound: Inbound) -> None:
+        assert inbound.message_id is not None
+        try:
+            results[inbound.message_id] = group.run(steps.receive, inbound)
+        except Exception as error:  # each thread keeps what it got
+            results[inbound.message_id] = error
+
+    threads = [threading.Thread(target=one, args=(inbound,)) for inbound in inbounds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    group.stop()
+    assert isinstance(results.pop("m-bad"), Unprocessable)
+    assert all(isinstance(r, Intake) and r.disposition == "new" for r in results.values())
+    assert sorted(r.client_instruction_id for r in rows(ctx)) == [9300 + i for i in range(8)]
+
+
+def test_answers_recorded_together_end_as_they_would_alone(pg_url: str) -> None:
+    ctx = context(pg_url)
+    members = [
+        {
+            "clientInstructionId": 9500 + i,
+            "sourceAccountId": "U46377",
+            "targetAccountId": "U15667",
+            "amount": "1.00",
+            "currency": "USD",
+        }
+        for i in range(3)
+    ]
+    bulk = {"instructionType": "INTERNAL_CASH_TRANSFER", "instructions": members}
+    inbounds = [
+        Inbound(transfer(9400), None, "m-single", True),
+        Inbound(bulk, None, "m-bulk", True),
+        Inbound(transfer(9401), None, "m-pending", True),
+    ]
+    single, bulk_intake, pending = receive_together(ctx, inbounds)
+    bulk_body = {
+        "status": 202,
+        "instructionSetId": 77,
+        "instructionResults": [envelope(202, 77, 9500 + i, "PENDING", 700 + i) for i in range(3)],
+    }
+    now = ctx.clock.now()
+    answers = [
+        Answer(single.attempt, answer(201, envelope(201, 76, 9400, "PROCESSED", 600)), now),
+        Answer(bulk_intake.attempt, answer(202, bulk_body), now),
+        Answer(pending.attempt, answer(202, envelope(202, 78, 9401, "PENDING", 601)), now),
+    ]
+    with ctx.session_factory.begin() as session:
+        record_answers(session, ctx, answers)
+    status = {r.client_instruction_id: r.status for r in rows(ctx)}
+    assert status == {
+        9400: "PROCESSED",
+        9401: "PENDING",
+        9500: "PENDING",
+        9501: "PENDING",
+        9502: "PENDING",
+    }
+    with ctx.session_factory() as session:
+        sets = {
+            s.instruction_set_id: s.member_count
+            for s in session.execute(select(InstructionSet)).scalars()
+        }
+        instructions = sorted(
+            i.instruction_id for i in session.execute(select(Instruction)).scalars()
+        )
+    assert sets == {76: 1, 77: 3, 78: 1}
+    assert instructions == [600, 601, 700, 701, 702]
+    # Every member: RECEIVED, SUBMITTING and its answer, each with an event.
+    assert count(ctx, AuditEvent) == 15 and count(ctx, OutboxEvent) == 15

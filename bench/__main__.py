@@ -31,7 +31,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--n", type=int, default=5000, help="throughput: instructions")
     parser.add_argument("--processes", type=int, default=2, help="throughput: worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="throughput: threads per process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=32,
+        help="throughput: the pipeline's threads per worker process (the product's default)",
+    )
+    parser.add_argument(
+        "--floor-threads",
+        default="4,8,16",
+        help="throughput: thread counts the floor runs at; its best rate counts",
+    )
     parser.add_argument(
         "--no-profile", action="store_true", help="throughput: skip the profiled pipeline run"
     )
@@ -102,6 +112,7 @@ def run_one(name: str, args: argparse.Namespace, services: Services, log_root: P
             log_root,
             n=args.n,
             shape=throughput.Shape(args.processes, args.threads),
+            floor_threads=[int(t) for t in args.floor_threads.split(",") if t],
             profile_run=not args.no_profile,
         )
     if name == "polling":

@@ -71,13 +71,17 @@ def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
 
     def record_batch(session: Session, answers: Sequence[Answer]) -> list[Callable[[], None]]:
         record_answers(session, ctx, answers)
-        return [partial(log_answer, answer) for answer in answers]
+        return [_nothing] * len(answers)
 
     return GroupedSteps(
         group,
         StepKind("receive", receive_batch, receive_alone),
         StepKind("record", record_batch, partial(record, ctx)),
     )
+
+
+def _nothing() -> None:
+    return None
 
 
 def handle_message(
@@ -154,12 +158,6 @@ def _handle(
             queue_name=QUEUE_NAME,
         )
         return
-    log.info(
-        "request received",
-        message_id=message_id,
-        disposition=intake.disposition,
-        client_instruction_ids=list(intake.client_instruction_ids[:20]),
-    )
     if intake.disposition == "new" and intake.attempt is not None:
         # Committed SUBMITTING above: now the POST, then its answer.
         answer = post(ctx, intake.attempt)
@@ -167,7 +165,20 @@ def _handle(
             steps.group.run(steps.record, answer)
         else:
             record(ctx, answer)
-    elif (
+        # One line per message that went out: what came in and what IBKR answered.
+        log_answer(
+            answer,
+            message_id=message_id,
+            client_instruction_ids=list(intake.client_instruction_ids[:20]),
+        )
+        return
+    log.info(
+        "request received",
+        message_id=message_id,
+        disposition=intake.disposition,
+        client_instruction_ids=list(intake.client_instruction_ids[:20]),
+    )
+    if (
         intake.disposition == "same_intent"
         and message_id is not None
         and not in_hand_by_another_thread

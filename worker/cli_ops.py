@@ -77,10 +77,10 @@ def wait_for(stop: threading.Event) -> None:
 )
 @click.option(
     "--threads",
-    default=8,
+    default=32,
     show_default=True,
     type=click.IntRange(1, 256),
-    help="Threads per process.",
+    help="Threads per process (messages in hand at once; they share database transactions).",
 )
 def worker_command(processes: int, threads: int) -> None:
     """Run the dramatiq consumers of `ibkr.instructions` (RabbitMQ from BROKER_URL).
@@ -104,7 +104,9 @@ def worker_command(processes: int, threads: int) -> None:
     from worker.tracking.group import GroupCommit
 
     metrics = Metrics()
-    runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=threads)
+    # The threads' database steps go through one writer (group commit); a few more connections
+    # serve steps that run alone after a failed batch.
+    runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=min(threads, 8))
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
         metrics.serve(settings.metrics_port)

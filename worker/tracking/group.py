@@ -64,7 +64,12 @@ class GroupCommit:
     and the tests).
     """
 
-    def __init__(self, session_factory: sessionmaker[Session], *, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        max_batch: int = 64,
+    ) -> None:
         self._session_factory = session_factory
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
@@ -117,16 +122,7 @@ class GroupCommit:
             if first is None:
                 break
             batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
+            stop = self._take_waiting(batch)
             self._run_batch(batch)
             if stop:
                 break
@@ -139,6 +135,18 @@ class GroupCommit:
             if late is not None:
                 late.alone = True
                 late.done.set()
+
+    def _take_waiting(self, batch: list[_Waiting]) -> bool:
+        """Add the steps waiting now to `batch`; True when the stop sign was among them."""
+        while len(batch) < self._max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if more is None:
+                return True
+            batch.append(more)
+        return False
 
     def _run_batch(self, batch: list[_Waiting]) -> None:
         try:

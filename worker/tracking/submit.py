@@ -145,7 +145,9 @@ def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = 
             attempt = begin_attempt(session, ctx, submission, members, ctx.clock.now())
         if attempt is None:
             return False
-    record(ctx, post(ctx, attempt))
+    answer = post(ctx, attempt)
+    record(ctx, answer)
+    log_answer(answer)
     return True
 
 
@@ -153,7 +155,6 @@ def record(ctx: TrackingContext, answer: Answer) -> None:
     """Record one answer in a transaction of its own."""
     with ctx.session_factory.begin() as session:
         record_answers(session, ctx, [answer])
-    log_answer(answer)
 
 
 def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
@@ -163,11 +164,12 @@ def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
     return Answer(attempt, result, ctx.clock.now())
 
 
-def log_answer(answer: Answer) -> None:
-    """The log line of a recorded answer."""
+def log_answer(answer: Answer, **context: Any) -> None:
+    """The log line of a recorded answer (with `context`, such as the message it came from)."""
     result = answer.result
     log.info(
         "instruction submitted",
+        **context,
         submission_id=answer.attempt.submission_id,
         endpoint=answer.attempt.endpoint.path,
         attempt=answer.attempt.number,

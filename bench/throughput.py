@@ -89,6 +89,7 @@ def run_floor(
     processes: Processes,
     n: int,
     shape: Shape,
+    first_id: int = FLOOR_FIRST_ID,
 ) -> dict[str, Any]:
     name = "floor"
     argv = [
@@ -110,7 +111,7 @@ def run_floor(
     )
     before = _posts_answered(sandbox)
     bodies = [
-        dramatiq_message(FLOOR_QUEUE, FLOOR_ACTOR, {"request": transfer(FLOOR_FIRST_ID + i)})
+        dramatiq_message(FLOOR_QUEUE, FLOOR_ACTOR, {"request": transfer(first_id + i)})
         for i in range(n)
     ]
     meter = cpu.CpuMeter({"floor": [process.pid], "sandbox": [processes.running["sandbox"].pid]})
@@ -326,12 +327,14 @@ def run(
             IBKR_MAX_REQUESTS_PER_MINUTE="0",
         )
         floors = []
-        for threads in floor_threads:
+        for index, threads in enumerate(floor_threads):
             floor_shape = Shape(shape.processes, threads)
             log(f"throughput: floor, {n} messages, {shape.processes}x{threads}")
+            # Each run its own clientInstructionIds: the sandbox refuses a repeated one.
+            first_id = FLOOR_FIRST_ID + index * n
             floors.append(
                 {
-                    **run_floor(sandbox, broker_url, env, processes, n, floor_shape),
+                    **run_floor(sandbox, broker_url, env, processes, n, floor_shape, first_id),
                     "threads": threads,
                 }
             )

@@ -86,22 +86,30 @@ def run_in_threads(group: GroupCommit, kind: StepKind[Any, Any], items: list[Any
     return results
 
 
-def test_steps_that_wait_together_share_one_transaction(factory: Any) -> None:
+def queued_behind_a_held_batch(factory: Any, first: Any, rest: list[Any]) -> tuple:
+    """Run `first` alone in a batch the recorder holds, queue `rest` behind it, then release:
+    (recorder, group, what each of `rest` got)."""
     release = threading.Event()
     recorder = Recorder(hold_first=release)
     kind = StepKind("insert", recorder.batch, recorder.run_alone)
     group = GroupCommit(factory)
-    first = threading.Thread(target=group.run, args=(kind, "a"))
-    first.start()
+    held = threading.Thread(target=group.run, args=(kind, first))
+    held.start()
     assert recorder.entered.wait(5)
-    waiting = threading.Thread(target=lambda: run_in_threads(group, kind, ["b", "c", "d"]))
+    results: dict[Any, Any] = {}
+    waiting = threading.Thread(target=lambda: results.update(run_in_threads(group, kind, rest)))
     waiting.start()
-    while group._queue.qsize() < 3:  # the three are queued behind the held batch
+    while group._queue.qsize() < len(rest):  # all of them wait behind the held batch
         threading.Event().wait(0.01)
     release.set()
-    first.join(10)
+    held.join(10)
     waiting.join(10)
     group.stop()
+    return recorder, group, results
+
+
+def test_steps_that_wait_together_share_one_transaction(factory: Any) -> None:
+    recorder, group, _ = queued_behind_a_held_batch(factory, "a", ["b", "c", "d"])
     assert recorder.batches == [["a"], ["b", "c", "d"]]
     assert stored(factory) == ["a", "b", "c", "d"]
     assert group.stats["batches"] == 2 and group.stats["steps"] == 4
@@ -129,24 +137,7 @@ def test_a_step_the_batch_defers_runs_alone_after_the_commit(factory: Any) -> No
 
 
 def test_a_step_s_own_error_reaches_its_thread_and_the_others_commit(factory: Any) -> None:
-    release = threading.Event()
-    recorder = Recorder(hold_first=release)
-    kind = StepKind("insert", recorder.batch, recorder.run_alone)
-    group = GroupCommit(factory)
-    first = threading.Thread(target=group.run, args=(kind, "first"))
-    first.start()
-    assert recorder.entered.wait(5)
-    box: dict[Any, Any] = {}
-    waiting = threading.Thread(
-        target=lambda: box.update(run_in_threads(group, kind, ["ok", "mine-fails"]))
-    )
-    waiting.start()
-    while group._queue.qsize() < 2:
-        threading.Event().wait(0.01)
-    release.set()
-    first.join(10)
-    waiting.join(10)
-    group.stop()
+    _, _, box = queued_behind_a_held_batch(factory, "first", ["ok", "mine-fails"])
     assert box["ok"] == "done ok"
     assert isinstance(box["mine-fails"], ValueError)
     assert stored(factory) == ["first", "ok"]

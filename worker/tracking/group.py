@@ -53,8 +53,8 @@ class _Waiting:
     kind: StepKind[Any, Any]
     item: Any
     done: threading.Event = field(default_factory=threading.Event)
+    #: Set by the writer: the step's result once committed; None means "run it alone".
     finish: Callable[[], Any] | None = None
-    alone: bool = False
 
 
 class GroupCommit:
@@ -86,7 +86,7 @@ class GroupCommit:
         waiting = _Waiting(kind, item)
         self._queue.put(waiting)
         waiting.done.wait()
-        if waiting.alone or waiting.finish is None:
+        if waiting.finish is None:
             return self._alone(kind, item)
         result: Result = waiting.finish()
         return result
@@ -133,7 +133,6 @@ class GroupCommit:
             except queue.Empty:
                 return
             if late is not None:
-                late.alone = True
                 late.done.set()
 
     def _take_waiting(self, batch: list[_Waiting]) -> bool:
@@ -158,7 +157,6 @@ class GroupCommit:
                     finishes = same[0].kind.batch(session, [w.item for w in same])
                     for waiting, finish in zip(same, finishes, strict=True):
                         waiting.finish = finish
-                        waiting.alone = finish is None
             self.stats["batches"] += 1
             self.stats["steps"] += len(batch)
         except Exception:
@@ -168,7 +166,6 @@ class GroupCommit:
             log.warning("a grouped transaction failed; its steps run alone", exc_info=True)
             for waiting in batch:
                 waiting.finish = None
-                waiting.alone = True
         finally:
             for waiting in batch:
                 waiting.done.set()

@@ -384,8 +384,9 @@ def _receive(
                 now,
             )
         )
-    given = [i for i in ids if i is not None]
-    if len(set(given)) != len(given):
+
+    def failed(problem: str, **kwargs: Any) -> Callable[[], Intake]:
+        assert parsed is not None
         return _done(
             _record_failed(
                 session,
@@ -395,11 +396,18 @@ def _receive(
                 list(parsed.members),
                 ids,
                 raw,
-                "instructions: a clientInstructionId appears more than once in this bulk request",
+                problem,
                 stored_correlation,
                 message_id,
                 now,
+                **kwargs,
             )
+        )
+
+    given = [i for i in ids if i is not None]
+    if len(set(given)) != len(given):
+        return failed(
+            "instructions: a clientInstructionId appears more than once in this bulk request"
         )
     owners = {i: all_owners[i] for i in given if i in all_owners}
     if owners:
@@ -415,23 +423,11 @@ def _receive(
         if len(owners) == len(ids) and all(repeats):
             return _done(Intake("same_intent", None, tuple(int(i) for i in ids if i is not None)))
         used = ", ".join(str(i) for i in sorted(owners))
-        return _done(
-            _record_failed(
-                session,
-                ctx,
-                parsed.instruction_type,
-                parsed.bulk,
-                list(parsed.members),
-                ids,
-                raw,
-                f"clientInstructionId {used} is already used by another request; a "
-                "clientInstructionId is never reused for a different request",
-                stored_correlation,
-                message_id,
-                now,
-                code=DUPLICATE_REQUEST_CODE,
-                owners=owners,
-            )
+        return failed(
+            f"clientInstructionId {used} is already used by another request; a "
+            "clientInstructionId is never reused for a different request",
+            code=DUPLICATE_REQUEST_CODE,
+            owners=owners,
         )
     taken = set(given)
     final_ids: list[int] = []

@@ -174,7 +174,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
                 f"The workers' database steps (receive, record) went through "
                 f"{group['transactions']} group-committed transactions: "
-                f"{group['steps_per_transaction']} steps per transaction on average.",
+                f"{group['steps_per_transaction']} steps per transaction on average."
+                + _writer_note(group, pipeline["elapsed_s"]),
             ]
         lines += _profile_lines(throughput.get("profile", {}))
         if throughput.get("profile_missing"):
@@ -251,6 +252,18 @@ def _cpu(cpu_s: dict[str, float]) -> str:
 
 def _lag(lag: dict[str, Any]) -> str:
     return f"{lag['p50_s']} / {lag['p99_s']} / {lag['max_s']}"
+
+
+def _writer_note(group: dict[str, Any], elapsed_s: float) -> str:
+    """How busy the writer threads were (each process has one), by the clock and by CPU."""
+    writers, busy = group.get("writers"), group.get("writer_busy_s")
+    if not writers or busy is None or not elapsed_s:
+        return ""
+    return (
+        f" Each process's writer thread was in a transaction {busy / writers:.1f} s of the "
+        f"{elapsed_s:.1f} s, using {group['writer_cpu_s'] / writers:.1f} s of CPU itself "
+        "(the rest: waiting for PostgreSQL or for the GIL)."
+    )
 
 
 def _profile_lines(profiles: dict[str, Any]) -> list[str]:

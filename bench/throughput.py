@@ -188,16 +188,23 @@ def _pipeline_end(database_url: str, first_id: int, n: int) -> dict[str, Any]:
 
 def _group_commit_stats(log_text: str) -> dict[str, Any]:
     """Transactions and steps of the workers' group commits (logged when they stop)."""
-    batches = steps = 0
+    batches = steps = writers = 0
+    busy_s = cpu_s = 0.0
     for line in log_text.splitlines():
         if '"group commit stopped"' in line:
             entry = json.loads(line)
+            writers += 1
             batches += int(entry["batches"])
             steps += int(entry["steps"])
+            busy_s += float(entry.get("busy_s", 0.0))
+            cpu_s += float(entry.get("cpu_s", 0.0))
     return {
         "transactions": batches,
         "steps": steps,
         "steps_per_transaction": round(steps / batches, 1) if batches else None,
+        "writers": writers,
+        "writer_busy_s": round(busy_s, 2),
+        "writer_cpu_s": round(cpu_s, 2),
     }
 
 

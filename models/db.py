@@ -8,6 +8,7 @@ from sqlalchemy import Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.batched import batch_executemany
 from models.tables import CLIENT_INSTRUCTION_ID_SEQUENCE, IdCounter
 
 
@@ -22,7 +23,8 @@ def normalise_url(url: str) -> str:
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     """An engine for `url`. SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL a
-    pre-ping pool so a restarted server is reconnected to without a manual step."""
+    pre-ping pool so a restarted server is reconnected to without a manual step, and its
+    executemany INSERTs and keyed UPDATEs go out as one statement each (`models.batched`)."""
     url = normalise_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -51,7 +53,9 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         return engine
     kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
     kwargs["pool_recycle"] = 1800
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    batch_executemany(engine)
+    return engine
 
 
 def is_postgresql(engine_or_session: Engine | Session) -> bool:
@@ -81,9 +85,9 @@ def _assign_ids_in_bulk(session: Session, _context: Any, _instances: Any) -> Non
 
     Rows without ids are inserted with one multi-row INSERT ... RETURNING id whose text grows
     with the number of rows, which the driver has to parse anew every time (it only caches
-    short statements); rows with ids go out as one short statement executed for each row in a
-    pipeline. Ids come from the same sequence as the column default, in the order the rows
-    were added.
+    short statements); rows with ids are an executemany, which goes out as one short statement
+    over arrays (`models.batched`). Ids come from the same sequence as the column default, in
+    the order the rows were added.
     """
     pending: dict[Table, list[Any]] = {}
     for instance in session.new:

@@ -113,6 +113,9 @@ def test_steps_that_wait_together_share_one_transaction(factory: Any) -> None:
     assert recorder.batches == [["a"], ["b", "c", "d"]]
     assert stored(factory) == ["a", "b", "c", "d"]
     assert group.stats["batches"] == 2 and group.stats["steps"] == 4
+    # The writer's time in transactions: the held one waited, so the clock ran ahead of its CPU.
+    assert group.stats["busy_s"] > 0
+    assert 0 <= group.stats["cpu_s"] <= group.stats["busy_s"] + 0.01
 
 
 def test_a_failed_batch_commits_nothing_and_every_step_runs_alone(factory: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event, inspect, text
@@ -102,19 +103,47 @@ def _assign_ids_in_bulk(session: Session, _context: Any, _instances: Any) -> Non
     several = {table: rows for table, rows in pending.items() if len(rows) > 1}
     if not several:
         return
-    tables = sorted(several, key=lambda table: table.name)
-    queries = [
-        f"(SELECT array_agg(nextval('{_sequence_name(table)}')) "
-        f"FROM generate_series(1, {len(several[table])}))"
-        for table in tables
-    ]
-    allocated = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
-    for table, ids in zip(tables, allocated, strict=True):
-        rows = sorted(several[table], key=lambda row: inspect(row).insert_order)
+    allocated = allocate_ids(session, {table: len(rows) for table, rows in several.items()})
+    for table, rows in several.items():
         column = table.autoincrement_column
         assert column is not None
-        for row, new_id in zip(rows, sorted(ids), strict=True):
+        ordered = sorted(rows, key=lambda row: inspect(row).insert_order)
+        for row, new_id in zip(ordered, allocated[table], strict=True):
             setattr(row, inspect(row).mapper.get_property_by_column(column).key, new_id)
+
+
+def allocate_ids(session: Session, wanted: Mapping[Table, int]) -> dict[Table, list[int]]:
+    """Ids for `wanted[table]` new rows of each table, ascending, with one query.
+
+    On PostgreSQL they come from the tables' sequences (the column defaults' own). On SQLite
+    they follow the largest id in the table: the transaction holds the write lock from its
+    BEGIN, so the caller must insert them before anything else inserts into these tables.
+    """
+    tables = sorted((table for table, n in wanted.items() if n > 0), key=lambda t: t.name)
+    if not tables:
+        return {table: [] for table in wanted}
+    if is_postgresql(session):
+        queries = [
+            f"(SELECT array_agg(nextval('{_sequence_name(table)}')) "
+            f"FROM generate_series(1, {wanted[table]}))"
+            for table in tables
+        ]
+        found = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
+        allocated = {table: sorted(ids) for table, ids in zip(tables, found, strict=True)}
+    else:
+        queries = [f"(SELECT coalesce(max({_id_column(t)}), 0) FROM {t.name})" for t in tables]
+        found = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
+        allocated = {
+            table: list(range(largest + 1, largest + 1 + wanted[table]))
+            for table, largest in zip(tables, found, strict=True)
+        }
+    return {table: allocated.get(table, []) for table in wanted}
+
+
+def _id_column(table: Table) -> str:
+    column = table.autoincrement_column
+    assert column is not None, f"{table.name} has no serial id"
+    return column.name
 
 
 def _sequence_name(table: Table) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Instruction, InstructionSet, Submission
+from models.unsaved import new_unsaved
 from worker import jsontext
 from worker.ibkr.calendar import downtime_end
 from worker.ibkr.responses import ApiResult
@@ -23,6 +24,7 @@ from worker.tracking.record import (
     after_commit,
     append_audit,
     change_status,
+    insert_at_commit,
     mark_overdue,
     transaction_info,
 )
@@ -155,8 +157,10 @@ def upsert_instruction(
         prefetch_ibkr_rows(session, instruction_ids=[decision.instruction_id], set_ids=())
     instruction = known.instructions[decision.instruction_id]
     if instruction is None:
-        instruction = Instruction(instruction_id=decision.instruction_id, created_at=now)
-        session.add(instruction)
+        instruction = new_unsaved(
+            Instruction, instruction_id=decision.instruction_id, created_at=now
+        )
+        insert_at_commit(session, instruction)
         known.instructions[decision.instruction_id] = instruction
     instruction.client_instruction_pk = row.id
     instruction.instruction_set_id = (
@@ -183,7 +187,8 @@ def upsert_instruction_set(
         prefetch_ibkr_rows(session, instruction_ids=(), set_ids=[instruction_set_id])
     existing = known.sets[instruction_set_id]
     if existing is None:
-        known.sets[instruction_set_id] = InstructionSet(
+        created = new_unsaved(
+            InstructionSet,
             instruction_set_id=instruction_set_id,
             submission_id=submission.id if submission else None,
             http_status=http_status,
@@ -192,7 +197,8 @@ def upsert_instruction_set(
             created_at=now,
             updated_at=now,
         )
-        session.add(known.sets[instruction_set_id])
+        known.sets[instruction_set_id] = created
+        insert_at_commit(session, created)
     else:
         existing.updated_at = now
         existing.last_polled_at = now

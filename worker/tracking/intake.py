@@ -19,6 +19,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Submission, next_client_instruction_id
+from models.db import allocate_ids
+from models.unsaved import insert_unsaved, new_unsaved, table_of
 from worker import jsontext
 from worker.ibkr.requests import (
     ParsedRequest,
@@ -241,6 +243,7 @@ def receive_all(
     )
     held_ids: set[int] = set()
     held_messages: set[str] = set()
+    new: list[_NewRequest] = []
     received: list[Received] = []
     for item in checked:
         message_id = item.inbound.message_id
@@ -257,8 +260,35 @@ def receive_all(
         held_ids |= given
         if message_id is not None:
             held_messages.add(message_id)
-        received.append(_receive(session, ctx, item, owners, now))
+        received.append(_receive(session, ctx, item, owners, held_ids, new, now))
+    _insert_new(session, new)
     return received
+
+
+@dataclass(frozen=True)
+class _NewRequest:
+    """A new request's rows, made without the ORM's unit of work (`models.unsaved`)."""
+
+    submission: Submission
+    members: list[ClientInstruction]
+
+
+def _insert_new(session: Session, new: list[_NewRequest]) -> None:
+    """Write the new requests' rows: ids for all of them with one query, then one INSERT for
+    the submissions and one for their members, in the order the requests came."""
+    if not new:
+        return
+    members = [member for request in new for member in request.members]
+    submissions, clients = table_of(Submission), table_of(ClientInstruction)
+    allocated = allocate_ids(session, {submissions: len(new), clients: len(members)})
+    for request, submission_id in zip(new, allocated[submissions], strict=True):
+        request.submission.id = submission_id
+        for member in request.members:
+            member.submission_id = submission_id
+    for member, member_id in zip(members, allocated[clients], strict=True):
+        member.id = member_id
+    insert_unsaved(session, [request.submission for request in new])
+    insert_unsaved(session, members)
 
 
 @dataclass(frozen=True)
@@ -362,8 +392,13 @@ def _receive(
     ctx: TrackingContext,
     item: _Checked,
     all_owners: dict[int, ClientInstruction],
+    held_ids: set[int],
+    new: list[_NewRequest],
     now: datetime,
 ) -> Callable[[], Intake]:
+    """Receive one checked request; a new one's rows are added to `new` (written by
+    `_insert_new` once the whole batch is received). `held_ids`: the clientInstructionIds the
+    requests of this batch hold, which an assigned id must not take."""
     raw, message_id = item.inbound.request, item.inbound.message_id
     parsed, ids, stored_correlation = item.parsed, list(item.ids), item.stored_correlation
     if parsed is None:
@@ -429,15 +464,15 @@ def _receive(
             code=DUPLICATE_REQUEST_CODE,
             owners=owners,
         )
-    taken = set(given)
     final_ids: list[int] = []
     for i in ids:
         if i is None:
-            i = _free_id(session, ctx, taken)
-            taken.add(i)
+            i = _free_id(session, ctx, held_ids)
+            held_ids.add(i)
         final_ids.append(int(i))
     body = build_body(parsed, final_ids)
-    submission = Submission(
+    submission = new_unsaved(
+        Submission,
         message_id=message_id,
         correlation_id=stored_correlation,
         instruction_type=parsed.instruction_type,
@@ -448,14 +483,13 @@ def _receive(
         created_at=now,
         updated_at=now,
     )
-    session.add(submission)
     first_look = spread_past_downtime(ctx, now + timedelta(seconds=ctx.received_grace_s))
     rows: list[ClientInstruction] = []
     for position, (member, cid) in enumerate(zip(parsed.members, final_ids, strict=True)):
-        # Written with the submission when the transaction flushes (its id comes then).
-        row = ClientInstruction(
+        # Written with the other new rows of the batch (`_insert_new`), ids given then.
+        row = new_unsaved(
+            ClientInstruction,
             client_instruction_id=cid,
-            submission=submission,
             position=position,
             instruction_type=parsed.instruction_type,
             account_id=member_account_id(member),
@@ -475,7 +509,6 @@ def _receive(
             created_at=now,
             updated_at=now,
         )
-        session.add(row)
         rows.append(row)
         change_status(
             session,
@@ -485,6 +518,7 @@ def _receive(
             actor=ctx.actor,
             now=now,
         )
+    new.append(_NewRequest(submission, rows))
     attempt = (
         begin_attempt(session, ctx, submission, rows, now)
         if item.inbound.begin_submission

@@ -12,9 +12,10 @@ from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session
 
 from models import AuditEvent, ClientInstruction, OutboxEvent
+from models.unsaved import insert_unsaved
 from models.views import FINAL_STATUSES, iso_utc, tracked_state
 from worker import jsontext
 from worker.logging import mask_bank_details
@@ -128,6 +129,18 @@ class _Appends:
 
     audit: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
     outbox: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
+    #: Rows made by `models.unsaved.new_unsaved`, inserted (with the values they hold then)
+    #: before the events, one statement per model.
+    unsaved: list[DeclarativeBase] = field(default_factory=list)
+
+
+def insert_at_commit(session: Session, row: DeclarativeBase) -> None:
+    """Insert `row` (made by `models.unsaved.new_unsaved`) just before the session's
+    transaction commits, with the values it holds then: changes made to it until the commit
+    are written, and a row that several changes touch costs one INSERT. Rows of one model go
+    out in one statement; like the buffered events, a query earlier in the transaction does
+    not see it."""
+    _appends(session).unsaved.append(row)
 
 
 def transaction_info(session: Session) -> dict[str, Any]:
@@ -162,15 +175,24 @@ def _appends(session: Session) -> _Appends:
 def _pending_appends(session: Session) -> _Appends | None:
     info = session.info.get(_TRANSACTION_INFO_KEY)
     appends: _Appends | None = info.get(_APPENDS_KEY) if info else None
-    return appends if appends is not None and (appends.audit or appends.outbox) else None
+    return (
+        appends
+        if appends is not None and (appends.audit or appends.outbox or appends.unsaved)
+        else None
+    )
 
 
 def _write_appends(session: Session) -> None:
     appends = _pending_appends(session)
     if appends is None:
         return
-    audit, outbox = appends.audit, appends.outbox
-    appends.audit, appends.outbox = [], []
+    audit, outbox, unsaved = appends.audit, appends.outbox, appends.unsaved
+    appends.audit, appends.outbox, appends.unsaved = [], [], []
+    by_model: dict[type[DeclarativeBase], list[DeclarativeBase]] = {}
+    for row in unsaved:
+        by_model.setdefault(type(row), []).append(row)
+    for rows in by_model.values():
+        insert_unsaved(session, rows)
     connection = session.connection()
     if audit:
         connection.execute(

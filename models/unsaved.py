@@ -1,0 +1,87 @@
+"""New rows made and inserted without the ORM's unit of work.
+
+`model(**values)` + `session.add` + flush runs attribute events for every value, cascades,
+relationship bookkeeping and the unit of work's sorting for each row; for the rows the worker
+creates by the thousand (a request's submission and client instructions) that was most of
+what receiving a request cost. `new_unsaved` makes an ordinary instance of the model (its
+attributes read and written as usual) that no session tracks, and `insert_unsaved` writes a
+list of them with one Core INSERT in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, TypeVar
+
+from sqlalchemy import Table, insert, inspect
+from sqlalchemy.orm import DeclarativeBase, Session
+
+from models.db import allocate_ids
+
+Model = TypeVar("Model", bound=DeclarativeBase)
+
+
+def new_unsaved(model: type[Model], **values: Any) -> Model:
+    """An instance of `model` holding `values` (columns not given: their scalar default, else
+    None), made without attribute events and never added to a session. Only
+    `insert_unsaved` writes it; relationships are not set on it (give the foreign key)."""
+    unknown = set(values) - set(_column_defaults(model))
+    if unknown:
+        raise TypeError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
+    instance: Model = model.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(_column_defaults(model))
+    instance.__dict__.update(values)
+    return instance
+
+
+def insert_unsaved(session: Session, rows: Sequence[DeclarativeBase]) -> None:
+    """Insert `rows` (made by `new_unsaved`, all of one model) in the session's transaction
+    with one statement, in order; rows without an id get one first (`allocate_ids`, ascending
+    in the order given; a table whose key is not generated needs it given). The rows stay
+    untracked: later changes to them are not written."""
+    if not rows:
+        return
+    model = type(rows[0])
+    if any(type(row) is not model for row in rows):
+        raise TypeError("insert_unsaved takes rows of one model at a time")
+    table = table_of(model)
+    id_key = _id_key(model)
+    missing = [row for row in rows if id_key is not None and row.__dict__.get(id_key) is None]
+    if missing:
+        assert id_key is not None
+        for row, new_id in zip(
+            missing, allocate_ids(session, {table: len(missing)})[table], strict=True
+        ):
+            row.__dict__[id_key] = new_id
+    keys = list(_column_defaults(model))
+    # The connection, not the session: nothing pending in the session is flushed in between,
+    # so ids allocated past the largest one (SQLite) are still free.
+    session.connection().execute(
+        insert(table), [{key: row.__dict__[key] for key in keys} for row in rows]
+    )
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """The table `model` is mapped to."""
+    table = model.__table__
+    assert isinstance(table, Table), f"{model.__name__} is not mapped to one table"
+    return table
+
+
+@cache
+def _column_defaults(model: type[DeclarativeBase]) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for prop in inspect(model).column_attrs:
+        [column] = prop.columns
+        default = column.default
+        defaults[prop.key] = default.arg if default is not None and default.is_scalar else None
+    return defaults
+
+
+@cache
+def _id_key(model: type[DeclarativeBase]) -> str | None:
+    """The attribute of the model's serial id (None: its key is given, not generated)."""
+    mapper = inspect(model)
+    column = table_of(model).autoincrement_column
+    return None if column is None else mapper.get_property_by_column(column).key

@@ -1,0 +1,145 @@
+"""Rows made and inserted without the ORM's unit of work (`models.unsaved`), on PostgreSQL and
+SQLite: what they write, the ids they get, and what the worker's batch intake does with them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import ClientInstruction, Instruction, InstructionSet, Submission
+from models.db import make_engine, make_session_factory
+from models.unsaved import insert_unsaved, new_unsaved
+from tests.unit.tracking_support import ScriptedIbkr, make_context, transfer
+from worker.clock import ManualClock
+from worker.tracking.intake import Inbound, receive_all
+from worker.tracking.record import insert_at_commit
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "pg_url" if request.param == "postgresql" else "sqlite_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+def submission(message_id: str) -> Submission:
+    return new_unsaved(
+        Submission,
+        message_id=message_id,
+        instruction_type="INTERNAL_CASH_TRANSFER",
+        endpoint_path="/gw/api/v1/instructions",
+        request_json="{}",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_an_unsaved_row_has_every_column_with_its_default_and_no_session() -> None:
+    row = new_unsaved(ClientInstruction, client_instruction_id=7, status="RECEIVED")
+    assert (row.client_instruction_id, row.status) == (7, "RECEIVED")
+    assert (row.attempt_count, row.poll_count, row.event_sequence) == (0, 0, 0)
+    assert row.id is None and row.amount is None and row.result is None
+    row.status = "SUBMITTING"  # attributes are written as on any instance
+    assert row.status == "SUBMITTING"
+    with pytest.raises(TypeError, match="no column submission"):
+        new_unsaved(ClientInstruction, submission=None)
+
+
+def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table(database_url: str) -> None:
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    try:
+        with factory.begin() as session:
+            session.add(  # an ordinary row first: the new ids follow it
+                Submission(
+                    message_id="orm",
+                    instruction_type="X",
+                    endpoint_path="/p",
+                    request_json="{}",
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+        with factory.begin() as session:
+            rows = [submission(f"m-{i}") for i in range(3)]
+            insert_unsaved(session, rows)
+            with pytest.raises(TypeError, match="one model"):
+                insert_unsaved(session, [submission("x"), new_unsaved(ClientInstruction)])
+        ids = [row.id for row in rows]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        with factory() as session:
+            stored = session.execute(
+                select(Submission.id, Submission.message_id, Submission.attempt_count).order_by(
+                    Submission.id
+                )
+            ).all()
+        assert [tuple(r) for r in stored[1:]] == [(ids[i], f"m-{i}", 0) for i in range(3)]
+        assert stored[0].id < ids[0]
+    finally:
+        engine.dispose()
+
+
+def test_rows_inserted_at_commit_carry_the_changes_made_until_then(database_url: str) -> None:
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    try:
+        with factory.begin() as session:
+            instruction = new_unsaved(Instruction, instruction_id=42, created_at=NOW)
+            instruction_set = new_unsaved(
+                InstructionSet, instruction_set_id=77, created_at=NOW, updated_at=NOW
+            )
+            insert_at_commit(session, instruction)
+            insert_at_commit(session, instruction_set)
+            instruction.ibkr_status = "PROCESSED"
+            instruction.result = {"amount": "1.50"}
+            instruction.updated_at = NOW
+            instruction_set.member_count = 3
+        with factory() as session:
+            stored = session.execute(select(Instruction)).scalar_one()
+            stored_set = session.execute(select(InstructionSet)).scalar_one()
+        assert (stored.instruction_id, stored.ibkr_status, stored.result) == (
+            42,
+            "PROCESSED",
+            {"amount": "1.50"},
+        )
+        assert (stored_set.instruction_set_id, stored_set.member_count) == (77, 3)
+        # A rolled-back transaction writes none of them.
+        with pytest.raises(RuntimeError), factory.begin() as session:
+            insert_at_commit(session, new_unsaved(Instruction, instruction_id=43, created_at=NOW))
+            raise RuntimeError("roll back")
+        with factory() as session:
+            assert session.execute(select(Instruction.instruction_id)).scalars().all() == [42]
+    finally:
+        engine.dispose()
+
+
+def test_an_id_assigned_in_a_batch_never_takes_one_another_request_of_it_gave(
+    database_url: str,
+) -> None:
+    ctx = make_context(database_url, ScriptedIbkr(), ManualClock())
+    # The sequence's next id (the start, 5000) is given by the first request; the second
+    # request has no id and must get another one although the first is not written yet.
+    inbounds = [
+        Inbound(transfer(5000), None, "m-given", True),
+        Inbound(transfer(None), None, "m-assigned", True),
+    ]
+    with ctx.session_factory.begin() as session:
+        finishes = receive_all(session, ctx, inbounds)
+    intakes: list[Any] = [finish() if finish else None for finish in finishes]
+    assert [i.disposition for i in intakes] == ["new", "new"]
+    assert intakes[0].client_instruction_ids == (5000,)
+    assert intakes[1].client_instruction_ids[0] not in (5000, None)
+    with Session(make_engine(database_url)) as session:
+        stored = session.execute(
+            select(
+                ClientInstruction.client_instruction_id, ClientInstruction.submission_id
+            ).order_by(ClientInstruction.id)
+        ).all()
+    assert [r.client_instruction_id for r in stored] == [5000, intakes[1].client_instruction_ids[0]]
+    assert [r.submission_id for r in stored] == [i.submission_id for i in intakes]

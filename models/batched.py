@@ -18,10 +18,11 @@ the ORM's stale-row check holds. A statement of any other shape runs as before.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Table, event
+from sqlalchemy import Column, Connection, Engine, Table, event, insert
 from sqlalchemy.engine import Dialect
 
 # Statements as SQLAlchemy's PostgreSQL compiler writes them for executemany.
@@ -52,6 +53,77 @@ def batch_executemany(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         raise ValueError("batched executemany needs PostgreSQL (unnest over typed arrays)")
     event.listen(engine, "do_executemany", _do_executemany)
+
+
+def insert_many(
+    connection: Connection, batches: Sequence[tuple[Table, Sequence[Mapping[str, Any]]]]
+) -> None:
+    """Insert rows of several tables, table by table in the order given (each table's rows
+    with the same keys). On PostgreSQL all of them go out as one statement, each table's rows
+    as an `INSERT ... SELECT * FROM unnest(...)` in a data-modifying WITH (foreign keys
+    between them are checked at the end of the statement); elsewhere as one executemany per
+    table. Values go through the columns' bind processing as in any SQLAlchemy INSERT."""
+    batches = [(table, rows) for table, rows in batches if rows]
+    if not batches:
+        return
+    if connection.dialect.name != "postgresql":
+        for table, rows in batches:
+            connection.execute(insert(table), [dict(row) for row in rows])
+        return
+    parts: list[str] = []
+    params: list[list[Any]] = []
+    for table, rows in batches:
+        keys = tuple(rows[0])
+        if any(tuple(row) != keys for row in rows):
+            raise ValueError(f"rows for {table.name} must all have the same keys, in order")
+        sql, processors, defaults = _insert_over_arrays(table, keys, connection.dialect)
+        parts.append(sql)
+        for key, process in zip(keys, processors, strict=True):
+            values = [row[key] for row in rows]
+            params.append(values if process is None else [process(v) for v in values])
+        params.extend([default] * len(rows) for default in defaults)
+    *leading, last = parts
+    statement = (
+        "WITH " + ", ".join(f"w{index} AS ({sql})" for index, sql in enumerate(leading)) + " "
+        if leading
+        else ""
+    ) + last
+    connection.exec_driver_sql(statement, tuple(params))
+
+
+_Insert = tuple[str, list[Any], list[Any]]
+_inserts: dict[tuple[int, tuple[str, ...]], _Insert] = {}
+
+
+def _insert_over_arrays(table: Table, keys: tuple[str, ...], dialect: Dialect) -> _Insert:
+    """`INSERT INTO table (keys, defaulted) SELECT * FROM unnest(typed arrays)`, the bind
+    processors of the keys' columns (None where a column has none), and the values of the
+    columns not in `keys` that have a scalar Python default (as SQLAlchemy's INSERT fills
+    them in; the database's own defaults apply to the others)."""
+    cache_key = (id(table), keys)
+    found = _inserts.get(cache_key)
+    if found is None:
+        given: list[Column[Any]] = [table.c[key] for key in keys]
+        defaulted = [
+            column
+            for column in table.columns
+            if column.key not in keys and column.default is not None
+        ]
+        if any(not column.default.is_scalar for column in defaulted):  # type: ignore[union-attr]
+            raise ValueError(f"{table.name}: give every column whose default is not a constant")
+        columns = given + defaulted
+        quote = dialect.identifier_preparer
+        names = ", ".join(quote.format_column(column) for column in columns)
+        arrays = ", ".join(f"%b::{_array_type_of(column, dialect)}" for column in columns)
+        found = (
+            f"INSERT INTO {quote.format_table(table)} ({names}) SELECT * FROM unnest({arrays})",
+            # The processors SQLAlchemy itself applies to these columns' values.
+            [column.type._cached_bind_processor(dialect) for column in given],
+            [column.default.arg for column in defaulted],  # type: ignore[union-attr]
+        )
+        if len(_inserts) < _CACHE_LIMIT:
+            _inserts[cache_key] = found
+    return found
 
 
 def _do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
@@ -102,8 +174,10 @@ def _rewrite(statement: str, table: Table, dialect: Dialect) -> _Rewritten | Non
 
 def _array_type(table: Table, column_name: str, dialect: Dialect) -> str | None:
     column = table.columns.get(column_name.strip('"'))
-    if column is None:
-        return None
+    return None if column is None else _array_type_of(column, dialect)
+
+
+def _array_type_of(column: Column[Any], dialect: Dialect) -> str:
     # Without the type's modifiers: an explicit cast to VARCHAR(n) would cut a long value
     # short where storing it in the column refuses it, as executemany's statement does.
     return f"{_MODIFIERS.sub('', column.type.compile(dialect=dialect))}[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, echo: bool = False, pre_ping: bool = True
+) -> Engine:
     """An engine for `url`. SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL a
-    pre-ping pool so a restarted server is reconnected to without a manual step, and its
-    executemany INSERTs and keyed UPDATEs go out as one statement each (`models.batched`)."""
+    pre-ping pool so a restarted server is reconnected to without a manual step (`pre_ping`:
+    False for a caller that handles a lost connection itself), and its executemany INSERTs and
+    keyed UPDATEs go out as one statement each (`models.batched`)."""
     url = normalise_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -52,7 +56,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
+    kwargs.update(pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=pool_size * 2)
     kwargs["pool_recycle"] = 1800
     engine = create_engine(url, **kwargs)
     batch_executemany(engine)
@@ -112,24 +116,22 @@ def _assign_ids_in_bulk(session: Session, _context: Any, _instances: Any) -> Non
             setattr(row, inspect(row).mapper.get_property_by_column(column).key, new_id)
 
 
-def allocate_ids(session: Session, wanted: Mapping[Table, int]) -> dict[Table, list[int]]:
-    """Ids for `wanted[table]` new rows of each table, ascending, with one query.
+def allocate_ids(
+    session: Session, wanted: Mapping[Table, int], *, ahead: int = 0
+) -> dict[Table, list[int]]:
+    """Ids for `wanted[table]` new rows of each table, ascending, with one query at most.
 
-    On PostgreSQL they come from the tables' sequences (the column defaults' own). On SQLite
-    they follow the largest id in the table: the transaction holds the write lock from its
-    BEGIN, so the caller must insert them before anything else inserts into these tables.
+    On PostgreSQL they come from the tables' sequences (the column defaults' own); `ahead`:
+    draw that many more and keep them in this process for the next calls, which then need
+    no query (ids a process never uses are gaps, as a sequence's are anyway). On SQLite they
+    follow the largest id in the table: the transaction holds the write lock from its BEGIN,
+    so the caller must insert them before anything else inserts into these tables.
     """
     tables = sorted((table for table, n in wanted.items() if n > 0), key=lambda t: t.name)
     if not tables:
         return {table: [] for table in wanted}
     if is_postgresql(session):
-        queries = [
-            f"(SELECT array_agg(nextval('{_sequence_name(table)}')) "
-            f"FROM generate_series(1, {wanted[table]}))"
-            for table in tables
-        ]
-        found = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
-        allocated = {table: sorted(ids) for table, ids in zip(tables, found, strict=True)}
+        allocated = _drawn_ahead.take(session, {table: wanted[table] for table in tables}, ahead)
     else:
         queries = [f"(SELECT coalesce(max({_id_column(t)}), 0) FROM {t.name})" for t in tables]
         found = session.connection().exec_driver_sql("SELECT " + ", ".join(queries)).one()
@@ -138,6 +140,46 @@ def allocate_ids(session: Session, wanted: Mapping[Table, int]) -> dict[Table, l
             for table, largest in zip(tables, found, strict=True)
         }
     return {table: allocated.get(table, []) for table in wanted}
+
+
+class _DrawnAhead:
+    """Ids drawn from PostgreSQL sequences ahead of use, by database and table."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, str], list[int]] = {}
+
+    def take(
+        self, session: Session, wanted: dict[Table, int], ahead: int
+    ) -> dict[Table, list[int]]:
+        # The connection before the lock: waiting for a pooled connection while holding it
+        # could wait on a thread that waits for the lock.
+        connection = session.connection()
+        database = connection.engine.url.render_as_string(hide_password=True)
+        with self._lock:
+            short = {
+                table: n + ahead
+                for table, n in wanted.items()
+                if len(self._kept.get((database, table.name), [])) < n
+            }
+            if short:
+                queries = [
+                    f"(SELECT array_agg(nextval('{_sequence_name(table)}')) "
+                    f"FROM generate_series(1, {n}))"
+                    for table, n in short.items()
+                ]
+                found = connection.exec_driver_sql("SELECT " + ", ".join(queries)).one()
+                for table, ids in zip(short, found, strict=True):
+                    key = (database, table.name)
+                    self._kept[key] = sorted(self._kept.get(key, []) + list(ids))
+            taken: dict[Table, list[int]] = {}
+            for table, n in wanted.items():
+                key = (database, table.name)
+                taken[table], self._kept[key] = self._kept[key][:n], self._kept[key][n:]
+            return taken
+
+
+_drawn_ahead = _DrawnAhead()
 
 
 def _id_column(table: Table) -> str:

@@ -4,8 +4,8 @@
 relationship bookkeeping and the unit of work's sorting for each row; for the rows the worker
 creates by the thousand (a request's submission and client instructions) that was most of
 what receiving a request cost. `new_unsaved` makes an ordinary instance of the model (its
-attributes read and written as usual) that no session tracks, and `insert_unsaved` writes a
-list of them with one Core INSERT in the caller's transaction.
+attributes read and written as usual) that no session tracks, and `insert_unsaved` writes
+lists of them with one Core INSERT in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, insert, inspect
+from sqlalchemy import Table, inspect
 from sqlalchemy.orm import DeclarativeBase, Session
 
-from models.db import allocate_ids
+from models.batched import insert_many
+from models.db import allocate_ids, is_postgresql
 
 Model = TypeVar("Model", bound=DeclarativeBase)
 
@@ -35,31 +36,44 @@ def new_unsaved(model: type[Model], **values: Any) -> Model:
     return instance
 
 
-def insert_unsaved(session: Session, rows: Sequence[DeclarativeBase]) -> None:
-    """Insert `rows` (made by `new_unsaved`, all of one model) in the session's transaction
-    with one statement, in order; rows without an id get one first (`allocate_ids`, ascending
-    in the order given; a table whose key is not generated needs it given). The rows stay
-    untracked: later changes to them are not written."""
-    if not rows:
-        return
-    model = type(rows[0])
-    if any(type(row) is not model for row in rows):
-        raise TypeError("insert_unsaved takes rows of one model at a time")
-    table = table_of(model)
-    id_key = _id_key(model)
-    missing = [row for row in rows if id_key is not None and row.__dict__.get(id_key) is None]
-    if missing:
-        assert id_key is not None
-        for row, new_id in zip(
-            missing, allocate_ids(session, {table: len(missing)})[table], strict=True
-        ):
-            row.__dict__[id_key] = new_id
-    keys = list(_column_defaults(model))
+def insert_unsaved(session: Session, *groups: Sequence[DeclarativeBase]) -> None:
+    """Insert `groups` of rows (made by `new_unsaved`; each group of one model) in the
+    session's transaction, group by group, in order: one statement for all of them on
+    PostgreSQL (`models.batched.insert_many`). Rows of a group without ids get them from the
+    column default when none of the group has one (not read back), else from
+    `allocate_ids`. The rows stay untracked: later changes to them are not written."""
     # The connection, not the session: nothing pending in the session is flushed in between,
     # so ids allocated past the largest one (SQLite) are still free.
-    session.connection().execute(
-        insert(table), [{key: row.__dict__[key] for key in keys} for row in rows]
-    )
+    connection = session.connection()
+    if not is_postgresql(session):
+        # Ids past the largest one are only free until the next insert: group by group.
+        for rows in groups:
+            if rows:
+                insert_many(connection, [unsaved_values(session, rows)])
+        return
+    insert_many(connection, [unsaved_values(session, rows) for rows in groups if rows])
+
+
+def unsaved_values(
+    session: Session, rows: Sequence[DeclarativeBase]
+) -> tuple[Table, list[dict[str, Any]]]:
+    """The table of `rows` (made by `new_unsaved`, all of one model) and their column values,
+    for `models.batched.insert_many` (ids as `insert_unsaved` gives them)."""
+    model = type(rows[0])
+    if any(type(row) is not model for row in rows):
+        raise TypeError("rows of one model at a time: got several models in one group")
+    table = table_of(model)
+    keys = list(_column_defaults(model))
+    id_key = _id_key(model)
+    if id_key is not None:
+        missing = [row for row in rows if row.__dict__.get(id_key) is None]
+        if len(missing) == len(rows):
+            keys.remove(id_key)
+        elif missing:
+            ids = allocate_ids(session, {table: len(missing)})[table]
+            for row, new_id in zip(missing, ids, strict=True):
+                row.__dict__[id_key] = new_id
+    return table, [{key: row.__dict__[key] for key in keys} for row in rows]
 
 
 def table_of(model: type[DeclarativeBase]) -> Table:

@@ -111,7 +111,7 @@ def worker_command(processes: int, threads: int) -> None:
         metrics.watch_database(runtime.ctx.session_factory)
         metrics.serve(settings.metrics_port)
     broker = make_broker(settings.broker_url)
-    group = GroupCommit(runtime.ctx.session_factory)
+    group = GroupCommit(runtime.writer_session_factory())
     declare_actors(broker, runtime.ctx, group)
     consumer = Worker(broker, worker_threads=threads, worker_timeout=1000)
     consumer.start()

@@ -240,7 +240,7 @@ class Demo:
         from worker.tracking.group import GroupCommit
 
         self.broker = make_broker(self.broker_url)
-        self.group = GroupCommit(worker_runtime.ctx.session_factory)
+        self.group = GroupCommit(worker_runtime.writer_session_factory())
         declare_actors(self.broker, worker_runtime.ctx, self.group)
         self.consumer = Worker(self.broker, worker_threads=4, worker_timeout=100)
         self.consumer.start()

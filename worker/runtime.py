@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
 from worker.clock import Clock, SystemClock
@@ -28,10 +29,25 @@ class Runtime:
     engine: Engine
     client: IbkrClient
     ctx: TrackingContext
+    _writer_engine: Engine | None = None
+
+    def writer_session_factory(self) -> sessionmaker[Session]:
+        """Sessions for the process's group-commit writer (`tracking.group`): a connection of
+        its own, not pinged before every transaction (a round trip per batch on the one thread
+        all others wait for). A connection lost to a database restart fails that batch, whose
+        steps then run alone on the runtime's pinged pool, and the writer's next batch
+        connects afresh."""
+        if self._writer_engine is None:
+            self._writer_engine = make_engine(
+                self.settings.database_url, pool_size=1, pre_ping=False
+            )
+        return make_session_factory(self._writer_engine)
 
     def close(self) -> None:
         self.client.close()
         self.engine.dispose()
+        if self._writer_engine is not None:
+            self._writer_engine.dispose()
 
 
 def process_owner(role: str) -> str:

@@ -242,3 +242,94 @@ def test_only_postgresql_engines_are_batched(sqlite_url: str) -> None:
         assert [r.client_instruction_id for r in stored(engine)] == [1100, 1101]
     finally:
         engine.dispose()
+
+
+def test_rows_of_several_tables_go_out_as_one_statement_parents_before_children(
+    engine: Engine,
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from models.batched import insert_many
+
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    new_york = datetime(2026, 11, 24, 4, 30, tzinfo=ZoneInfo("America/New_York"))
+    with engine.begin() as connection:
+        statements.clear()
+        insert_many(
+            connection,
+            [
+                (
+                    Submission.__table__,  # type: ignore[list-item]
+                    [
+                        {
+                            "id": 50 + i,
+                            "instruction_type": "X",
+                            "is_bulk": False,
+                            "endpoint_path": "/p",
+                            "request_json": "{}",
+                            "attempt_count": 0,
+                            "created_at": new_york,
+                            "updated_at": NOW,
+                        }
+                        for i in range(2)
+                    ],
+                ),
+                (
+                    ClientInstruction.__table__,  # type: ignore[list-item]
+                    [
+                        {
+                            "id": 60 + i,
+                            "client_instruction_id": 1200 + i,
+                            "submission_id": 50 + i,  # a row of the same statement
+                            "instruction_type": "X",
+                            "status": "RECEIVED",
+                            "amount": Decimal("0.1000000001"),
+                            "result": {"i": i},
+                            "created_at": NOW,
+                            "updated_at": NOW,
+                        }
+                        for i in range(2)
+                    ],
+                ),
+                (OutboxEvent.__table__, []),  # type: ignore[list-item]
+            ],
+        )
+        assert len(statements) == 1
+        with pytest.raises(ValueError, match="same keys"):
+            insert_many(
+                connection,
+                [(AuditEvent.__table__, [{"reason": "a", "actor": "w"}, {"actor": "w"}])],  # type: ignore[list-item]
+            )
+    rows = stored(engine)
+    assert [(r.submission_id, r.amount, r.result) for r in rows] == [
+        (50, Decimal("0.1000000001"), {"i": 0}),
+        (51, Decimal("0.1000000001"), {"i": 1}),
+    ]
+    with make_session_factory(engine)() as session:
+        created = session.execute(select(Submission.created_at)).scalars().all()
+    assert created == [new_york.astimezone(UTC)] * 2 and created[0].tzinfo is not None
+    # A child whose parent is in no statement is refused, and nothing of the statement stays.
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        insert_many(
+            connection,
+            [
+                (
+                    ClientInstruction.__table__,  # type: ignore[list-item]
+                    [
+                        {
+                            "client_instruction_id": 1300,
+                            "submission_id": 999,
+                            "instruction_type": "X",
+                            "status": "RECEIVED",
+                            "created_at": NOW,
+                            "updated_at": NOW,
+                        }
+                    ],
+                )
+            ],
+        )

@@ -51,7 +51,9 @@ def test_an_unsaved_row_has_every_column_with_its_default_and_no_session() -> No
         new_unsaved(ClientInstruction, submission=None)
 
 
-def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table(database_url: str) -> None:
+def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table_or_given(
+    database_url: str,
+) -> None:
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     try:
@@ -67,20 +69,28 @@ def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table(database_url
                 )
             )
         with factory.begin() as session:
-            rows = [submission(f"m-{i}") for i in range(3)]
-            insert_unsaved(session, rows)
+            # None of these has an id: the column default gives them, in order.
+            plain = [submission(f"m-{i}") for i in range(3)]
+            # Some of these have one: the others get theirs from the table's ids.
+            mixed = [submission(f"n-{i}") for i in range(3)]
+            mixed[1].id = 1000
+            insert_unsaved(session, plain, mixed)
             with pytest.raises(TypeError, match="one model"):
                 insert_unsaved(session, [submission("x"), new_unsaved(ClientInstruction)])
-        ids = [row.id for row in rows]
-        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert [row.id for row in plain] == [None] * 3  # not read back
+        allocated = [mixed[0].id, mixed[2].id]
+        assert None not in allocated and allocated == sorted(allocated)
         with factory() as session:
             stored = session.execute(
                 select(Submission.id, Submission.message_id, Submission.attempt_count).order_by(
                     Submission.id
                 )
             ).all()
-        assert [tuple(r) for r in stored[1:]] == [(ids[i], f"m-{i}", 0) for i in range(3)]
-        assert stored[0].id < ids[0]
+        by_message = {r.message_id: r.id for r in stored}
+        assert stored[0].message_id == "orm"
+        assert by_message["orm"] < by_message["m-0"] < by_message["m-1"] < by_message["m-2"]
+        assert {r.attempt_count for r in stored} == {0}
+        assert [by_message[f"n-{i}"] for i in range(3)] == [allocated[0], 1000, allocated[1]]
     finally:
         engine.dispose()
 

@@ -42,6 +42,9 @@ MAX_CORRELATION_ID = 128
 MAX_REQUEST_BYTES = 20 * 1024 * 1024  # IBKR's limit for one request
 MAX_ID = 2**53 - 1
 STORED_INVALID_BODY_BYTES = 64 * 1024
+#: Ids for new submissions and client instructions a process draws from the sequences beyond
+#: what a batch needs, for its next batches.
+IDS_DRAWN_AHEAD = 256
 
 
 class Unprocessable(Exception):
@@ -275,20 +278,22 @@ class _NewRequest:
 
 def _insert_new(session: Session, new: list[_NewRequest]) -> None:
     """Write the new requests' rows: ids for all of them with one query, then one INSERT for
-    the submissions and one for their members, in the order the requests came."""
+    the submissions and their members, in the order the requests came."""
     if not new:
         return
     members = [member for request in new for member in request.members]
     submissions, clients = table_of(Submission), table_of(ClientInstruction)
-    allocated = allocate_ids(session, {submissions: len(new), clients: len(members)})
+    # Drawn ahead: most batches then need no query for their ids.
+    allocated = allocate_ids(
+        session, {submissions: len(new), clients: len(members)}, ahead=IDS_DRAWN_AHEAD
+    )
     for request, submission_id in zip(new, allocated[submissions], strict=True):
         request.submission.id = submission_id
         for member in request.members:
             member.submission_id = submission_id
     for member, member_id in zip(members, allocated[clients], strict=True):
         member.id = member_id
-    insert_unsaved(session, [request.submission for request in new])
-    insert_unsaved(session, members)
+    insert_unsaved(session, [request.submission for request in new], members)
 
 
 @dataclass(frozen=True)

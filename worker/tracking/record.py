@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert
 from sqlalchemy.orm import DeclarativeBase, Session
 
 from models import AuditEvent, ClientInstruction, OutboxEvent
-from models.unsaved import insert_unsaved
+from models.batched import insert_many
+from models.unsaved import table_of, unsaved_values
 from models.views import FINAL_STATUSES, iso_utc, tracked_state
 from worker import jsontext
 from worker.logging import mask_bank_details
@@ -191,19 +191,23 @@ def _write_appends(session: Session) -> None:
     by_model: dict[type[DeclarativeBase], list[DeclarativeBase]] = {}
     for row in unsaved:
         by_model.setdefault(type(row), []).append(row)
-    for rows in by_model.values():
-        insert_unsaved(session, rows)
-    connection = session.connection()
+    batches = [unsaved_values(session, rows) for rows in by_model.values()]
     if audit:
-        connection.execute(
-            insert(AuditEvent),
-            [{**values, "client_instruction_pk": row.id} for row, values in audit],
+        batches.append(
+            (
+                table_of(AuditEvent),
+                [{**values, "client_instruction_pk": row.id} for row, values in audit],
+            )
         )
     if outbox:
-        connection.execute(
-            insert(OutboxEvent),
-            [{**values, "client_instruction_pk": row.id} for row, values in outbox],
+        batches.append(
+            (
+                table_of(OutboxEvent),
+                [{**values, "client_instruction_pk": row.id} for row, values in outbox],
+            )
         )
+    # One statement for every table on PostgreSQL.
+    insert_many(session.connection(), batches)
 
 
 @sa_event.listens_for(Session, "before_commit")

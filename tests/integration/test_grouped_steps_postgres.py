@@ -169,3 +169,35 @@ def test_answers_recorded_together_end_as_they_would_alone(pg_url: str) -> None:
     assert instructions == [600, 601, 700, 701, 702]
     # Every member: RECEIVED, SUBMITTING and its answer, each with an event.
     assert count(ctx, AuditEvent) == 15 and count(ctx, OutboxEvent) == 15
+
+
+def test_a_lost_writer_connection_fails_one_batch_its_steps_run_alone_and_it_reconnects(
+    pg_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    from models import make_engine, make_session_factory
+
+    ctx = context(pg_url)
+    # As the worker's writer has it: a connection of its own, not pinged before a batch.
+    writer_engine = make_engine(pg_url, pool_size=1, pre_ping=False)
+    group = GroupCommit(make_session_factory(writer_engine))
+    steps = grouped_steps(ctx, group)
+    try:
+        first = group.run(steps.receive, Inbound(transfer(9500), None, "m-1", True))
+        with make_engine(pg_url).connect() as admin:
+            admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        second = group.run(steps.receive, Inbound(transfer(9501), None, "m-2", True))
+        third = group.run(steps.receive, Inbound(transfer(9502), None, "m-3", True))
+    finally:
+        group.stop()
+        writer_engine.dispose()
+    assert [i.disposition for i in (first, second, third)] == ["new"] * 3
+    assert group.stats["failed_batches"] == 1 and group.stats["alone"] == 1
+    assert group.stats["batches"] == 2  # the first and the third, on a new connection
+    assert [r.client_instruction_id for r in rows(ctx)] == [9500, 9501, 9502]

@@ -153,3 +153,47 @@ def test_an_id_assigned_in_a_batch_never_takes_one_another_request_of_it_gave(
         ).all()
     assert [r.client_instruction_id for r in stored] == [5000, intakes[1].client_instruction_ids[0]]
     assert [r.submission_id for r in stored] == [i.submission_id for i in intakes]
+
+
+@pytest.mark.postgres
+def test_ids_drawn_ahead_serve_later_calls_without_a_query(pg_url: str) -> None:
+    from sqlalchemy import event
+
+    from models.db import allocate_ids
+    from models.unsaved import table_of
+
+    engine = make_engine(pg_url)
+    queries: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    submissions, clients = table_of(Submission), table_of(ClientInstruction)
+    try:
+        with make_session_factory(engine).begin() as session:
+            first = allocate_ids(session, {submissions: 2, clients: 3}, ahead=5)
+            drawing = len(queries)
+            second = allocate_ids(session, {submissions: 5, clients: 5})
+            assert len(queries) == drawing  # served from what was drawn ahead
+            third = allocate_ids(session, {submissions: 1}, ahead=5)
+            assert len(queries) == drawing + 1  # none left: drawn again
+        for table in (submissions, clients):
+            ids = first[table] + second[table] + third.get(table, [])
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert len(first[submissions]) == 2 and len(second[clients]) == 5
+        # The sequence moved past every id handed out: the column default never repeats one.
+        with make_session_factory(engine).begin() as session:
+            session.add(
+                Submission(
+                    message_id="after",
+                    instruction_type="X",
+                    endpoint_path="/p",
+                    request_json="{}",
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+        with make_session_factory(engine)() as session:
+            after = session.execute(
+                select(Submission.id).where(Submission.message_id == "after")
+            ).scalar_one()
+        assert after > max(first[submissions] + second[submissions] + third[submissions])
+    finally:
+        engine.dispose()

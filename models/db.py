@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, inspect, text
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 
 from models.batched import batch_executemany
 from models.tables import CLIENT_INSTRUCTION_ID_SEQUENCE, IdCounter
@@ -70,6 +82,25 @@ def is_postgresql(engine_or_session: Engine | Session) -> bool:
         else engine_or_session
     )
     return bind.dialect.name == "postgresql"
+
+
+def one_of(
+    session: Session,
+    column: ColumnElement[Any] | QueryableAttribute[Any],
+    values: Iterable[Any],
+) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL written `column = ANY(array)`: one parameter
+    whatever the number of values, so the statement's text stays the same and the driver
+    parses it once (a long IN list is parsed anew every time). The array's element type
+    has no length (a cast to VARCHAR(n) would cut a longer value short and match wrongly)."""
+    values = list(values)
+    expression: ColumnElement[Any] = column.expression
+    if not is_postgresql(session):
+        return expression.in_(values)
+    element = expression.type
+    if isinstance(element, String):
+        element = String()
+    return expression == any_(bindparam(None, values, type_=postgresql.ARRAY(element)))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

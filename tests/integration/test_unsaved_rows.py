@@ -197,3 +197,31 @@ def test_ids_drawn_ahead_serve_later_calls_without_a_query(pg_url: str) -> None:
         assert after > max(first[submissions] + second[submissions] + third[submissions])
     finally:
         engine.dispose()
+
+
+def test_one_of_matches_exactly_the_values_given(database_url: str) -> None:
+    from models.db import one_of
+
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    long_id = "m" * 64
+    try:
+        with factory.begin() as session:
+            insert_unsaved(session, [submission(long_id), submission("short"), submission("x")])
+        with factory() as session:
+
+            def found(values: list[str]) -> list[str]:
+                return sorted(
+                    session.execute(
+                        select(Submission.message_id).where(
+                            one_of(session, Submission.message_id, values)
+                        )
+                    ).scalars()
+                )
+
+            assert found([long_id, "short", "absent"]) == sorted([long_id, "short"])
+            # A longer value is not cut to the column's length and matched.
+            assert found([long_id + "-more"]) == []
+            assert found([]) == []
+    finally:
+        engine.dispose()

@@ -313,3 +313,27 @@ def test_a_429_on_submission_is_sent_again_after_the_wait(
     run_round(ctx)
     assert rows(ctx)[0].status == "PROCESSED"
     assert ibkr.count("POST") == 2
+
+
+@pytest.mark.parametrize("amount", ["123.45", "0.10", "1E+2", "100.000"])
+def test_the_body_begun_with_the_request_is_the_stored_body_exactly(
+    sqlite_url: str, clock: ManualClock, amount: str
+) -> None:
+    from models import Submission
+    from worker import jsontext
+
+    ctx = make_context(sqlite_url, ScriptedIbkr(), clock)
+    intake = receive(
+        ctx,
+        request=transfer(amount=amount),
+        correlation_id=None,
+        message_id="m-1",
+        begin_submission=True,
+    )
+    assert intake.attempt is not None
+    with ctx.session_factory() as session:
+        stored = session.get(Submission, intake.submission_id)
+        assert stored is not None
+    # What is signed and POSTed right away is what a resend would read back.
+    assert jsontext.dumps(intake.attempt.body) == stored.request_json
+    assert jsontext.dumps(jsontext.loads(stored.request_json)) == stored.request_json

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Instruction, InstructionSet, Submission
+from models.db import one_of
 from models.unsaved import new_unsaved
 from worker import jsontext
 from worker.ibkr.calendar import downtime_end
@@ -130,13 +131,17 @@ def prefetch_ibkr_rows(
     if wanted_instructions:
         known.instructions.update(dict.fromkeys(wanted_instructions))
         for instruction in session.execute(
-            select(Instruction).where(Instruction.instruction_id.in_(wanted_instructions))
+            select(Instruction).where(
+                one_of(session, Instruction.instruction_id, wanted_instructions)
+            )
         ).scalars():
             known.instructions[instruction.instruction_id] = instruction
     if wanted_sets:
         known.sets.update(dict.fromkeys(wanted_sets))
         for instruction_set in session.execute(
-            select(InstructionSet).where(InstructionSet.instruction_set_id.in_(wanted_sets))
+            select(InstructionSet).where(
+                one_of(session, InstructionSet.instruction_set_id, wanted_sets)
+            )
         ).scalars():
             known.sets[instruction_set.instruction_set_id] = instruction_set
 

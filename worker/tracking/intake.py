@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ClientInstruction, Submission, next_client_instruction_id
-from models.db import allocate_ids
+from models.db import allocate_ids, one_of
 from models.unsaved import insert_unsaved, new_unsaved, table_of
 from worker import jsontext
 from worker.ibkr.requests import (
@@ -317,7 +317,7 @@ def _check(inbound: Inbound) -> _Checked:
     stored_correlation = correlation_id if problem is None else None
     parsed: ParsedRequest | None = None
     if problem is None:
-        size = len(jsontext.dumps(raw)) if _plain_json(raw) else MAX_REQUEST_BYTES + 1
+        size = _json_size(raw)
         if size > MAX_REQUEST_BYTES:
             problem = f"request: the body is larger than IBKR's limit of {MAX_REQUEST_BYTES} bytes"
         else:
@@ -354,11 +354,11 @@ def _look_up(
     wanted_ids = set(ids)
     conditions: list[ColumnElement[bool]] = []
     if wanted_messages:
-        conditions.append(ClientInstruction.message_id.in_(wanted_messages))
+        conditions.append(one_of(session, ClientInstruction.message_id, wanted_messages))
     if wanted_ids:
         conditions.append(
             and_(
-                ClientInstruction.client_instruction_id.in_(wanted_ids),
+                one_of(session, ClientInstruction.client_instruction_id, wanted_ids),
                 ClientInstruction.duplicate_of_id.is_(None),
             )
         )
@@ -525,7 +525,7 @@ def _receive(
         )
     new.append(_NewRequest(submission, rows))
     attempt = (
-        begin_attempt(session, ctx, submission, rows, now)
+        begin_attempt(session, ctx, submission, rows, now, body)
         if item.inbound.begin_submission
         else None
     )
@@ -550,12 +550,12 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _plain_json(raw: Any) -> bool:
+def _json_size(raw: Any) -> int:
+    """The size of `raw` as JSON text; past IBKR's limit when it is no plain JSON value."""
     try:
-        jsontext.dumps(raw)
+        return len(jsontext.dumps(raw))
     except (TypeError, ValueError):
-        return False
-    return True
+        return MAX_REQUEST_BYTES + 1
 
 
 def _received_reason(

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import OutboxEvent, is_postgresql
+from models.db import one_of
 from worker.clock import Clock
 from worker.events import EventPublisher, OutgoingEvent
 
@@ -63,7 +64,7 @@ def relay_once(
         publisher.publish(events)
         session.execute(
             update(OutboxEvent)
-            .where(OutboxEvent.id.in_([row.id for row in rows]))
+            .where(one_of(session, OutboxEvent.id, [row.id for row in rows]))
             .values(published_at=clock.now(), publish_attempts=OutboxEvent.publish_attempts + 1)
             .execution_options(synchronize_session=False)
         )

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import ClientInstruction, Submission, is_postgresql
+from models.db import one_of
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.endpoints import Endpoint, endpoint_for
@@ -80,11 +81,13 @@ def begin_attempt(
     submission: Submission,
     members: list[ClientInstruction],
     now: datetime,
+    body: dict[str, Any] | None = None,
 ) -> Attempt | None:
     """Mark the (locked) members SUBMITTING for the next attempt, in the caller's transaction.
 
     None when there is nothing to send (already answered) or the request is held for IBKR's
-    scheduled downtime (recorded; the scheduler sends it after the window).
+    scheduled downtime (recorded; the scheduler sends it after the window). `body`: the
+    submission's body when the caller has it at hand (default: read from `request_json`).
     """
     sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
     if not sendable or len(sendable) != len(members):
@@ -125,7 +128,8 @@ def begin_attempt(
             actor=ctx.actor,
             now=now,
         )
-    body: dict[str, Any] = jsontext.loads(submission.request_json)
+    if body is None:
+        body = jsontext.loads(submission.request_json)
     return Attempt(submission, attempt, endpoint, body)
 
 
@@ -191,7 +195,7 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
     query = (
         select(ClientInstruction, Submission)
         .join(ClientInstruction.submission)
-        .where(ClientInstruction.submission_id.in_(ids))
+        .where(one_of(session, ClientInstruction.submission_id, ids))
         .order_by(ClientInstruction.submission_id, ClientInstruction.position)
     )
     if is_postgresql(session):

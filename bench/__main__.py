@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=32,
+        default=128,
         help="throughput: the pipeline's threads per worker process (the product's default)",
     )
     parser.add_argument(

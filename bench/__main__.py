@@ -30,12 +30,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ALL)} (default: all)",
     )
     parser.add_argument("--n", type=int, default=5000, help="throughput: instructions")
-    parser.add_argument("--processes", type=int, default=2, help="throughput: worker processes")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="throughput: the pipeline's worker processes (one more than the cores, so a "
+        "process's writer waiting for the database leaves no core idle)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=128,
         help="throughput: the pipeline's threads per worker process (the product's default)",
+    )
+    parser.add_argument(
+        "--floor-processes",
+        default="2,3",
+        help="throughput: process counts the floor runs at (each with every thread count)",
     )
     parser.add_argument(
         "--floor-threads",
@@ -113,6 +124,7 @@ def run_one(name: str, args: argparse.Namespace, services: Services, log_root: P
             n=args.n,
             shape=throughput.Shape(args.processes, args.threads),
             floor_threads=[int(t) for t in args.floor_threads.split(",") if t],
+            floor_processes=[int(p) for p in args.floor_processes.split(",") if p],
             profile_run=not args.no_profile,
         )
     if name == "polling":

@@ -139,16 +139,21 @@ def markdown(results: dict[str, Any]) -> str:
         floors = throughput.get("floors", [floor])
         lines += [
             "",
-            f"### Throughput ({pipeline['n']} internal cash transfers answered 201, "
-            f"{shape['processes']} processes each)",
+            f"### Throughput ({pipeline['n']} internal cash transfers answered 201)",
             "",
-            _row("run", "threads", "instructions/s", "elapsed s", "CPU seconds by process"),
+            _row(
+                "run",
+                "processes x threads",
+                "instructions/s",
+                "elapsed s",
+                "CPU seconds by process",
+            ),
             _row("---", "---:", "---:", "---:", "---"),
         ]
         lines += [
             _row(
                 "floor (sign + POST, store nothing)" + (" **best**" if run == floor else ""),
-                run.get("threads", shape["threads"]),
+                _shape_of(run, shape),
                 run["rate_per_s"],
                 run["elapsed_s"],
                 _cpu(run["cpu_s"]),
@@ -158,7 +163,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             _row(
                 "pipeline (PROCESSED + events published)",
-                shape["threads"],
+                f"{shape['processes']}x{shape['threads']}",
                 pipeline["rate_per_s"],
                 pipeline["elapsed_s"],
                 _cpu(pipeline["cpu_s"]),
@@ -252,6 +257,10 @@ def _cpu(cpu_s: dict[str, float]) -> str:
 
 def _lag(lag: dict[str, Any]) -> str:
     return f"{lag['p50_s']} / {lag['p99_s']} / {lag['max_s']}"
+
+
+def _shape_of(run: dict[str, Any], default: dict[str, Any]) -> str:
+    return f"{run.get('processes', default['processes'])}x{run.get('threads', default['threads'])}"
 
 
 def _writer_note(group: dict[str, Any], elapsed_s: float) -> str:

@@ -312,10 +312,11 @@ def run(
     n: int,
     shape: Shape,
     floor_threads: list[int],
+    floor_processes: list[int] | None = None,
     profile_run: bool = True,
 ) -> dict[str, Any]:
-    """The floor runs at each of `floor_threads` and its best rate counts; the pipeline runs
-    at `shape` (the product's defaults unless told otherwise)."""
+    """The floor runs at each of `floor_processes` (default: the pipeline's) times
+    `floor_threads` and its best rate counts; the pipeline runs at `shape`."""
     with (
         scenario(services, "throughput", log_root) as (database_url, broker_url, processes),
         tempfile.TemporaryDirectory(prefix="bench-key-") as key_dir,
@@ -334,18 +335,24 @@ def run(
             IBKR_MAX_REQUESTS_PER_MINUTE="0",
         )
         floors = []
-        for index, threads in enumerate(floor_threads):
-            floor_shape = Shape(shape.processes, threads)
-            log(f"throughput: floor, {n} messages, {shape.processes}x{threads}")
+        floor_shapes = [
+            Shape(count, threads)
+            for count in (floor_processes or [shape.processes])
+            for threads in floor_threads
+        ]
+        for index, floor_shape in enumerate(floor_shapes):
+            label = f"{floor_shape.processes}x{floor_shape.threads}"
+            log(f"throughput: floor, {n} messages, {label}")
             # Each run its own clientInstructionIds: the sandbox refuses a repeated one.
             first_id = FLOOR_FIRST_ID + index * n
             floors.append(
                 {
                     **run_floor(sandbox, broker_url, env, processes, n, floor_shape, first_id),
-                    "threads": threads,
+                    "processes": floor_shape.processes,
+                    "threads": floor_shape.threads,
                 }
             )
-            log(f"throughput: floor {floors[-1]['rate_per_s']}/s at {shape.processes}x{threads}")
+            log(f"throughput: floor {floors[-1]['rate_per_s']}/s at {label}")
         floor = max(floors, key=lambda run: float(run["rate_per_s"]))
         log(f"throughput: pipeline next, {shape.processes}x{shape.threads}")
         pipeline = run_pipeline(

@@ -128,7 +128,8 @@ def run(services: Services, log_root: Path, *, pending: int, seconds: float) -> 
         alive = lambda: processes.check_alive("worker", "scheduler")  # noqa: E731
         worker = processes.start(
             "worker",
-            [str(BIN / "ibkr-worker"), "worker", "--processes", "2", "--threads", "8"],
+            # The default thread count: every thread holds a message and its stack.
+            [str(BIN / "ibkr-worker"), "worker", "--processes", "2"],
             env,
         )
         wait_for(

@@ -28,16 +28,22 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+SUBMISSION: dict[str, Any] = {
+    "instruction_type": "INTERNAL_CASH_TRANSFER",
+    "endpoint_path": "/gw/api/v1/instructions",
+    "request_json": "{}",
+    "created_at": NOW,
+    "updated_at": NOW,
+}
+
+
 def submission(message_id: str) -> Submission:
-    return new_unsaved(
-        Submission,
-        message_id=message_id,
-        instruction_type="INTERNAL_CASH_TRANSFER",
-        endpoint_path="/gw/api/v1/instructions",
-        request_json="{}",
-        created_at=NOW,
-        updated_at=NOW,
-    )
+    return new_unsaved(Submission, message_id=message_id, **SUBMISSION)
+
+
+def orm_submission(message_id: str) -> Submission:
+    """A submission made the ordinary way (the session inserts it at the flush)."""
+    return Submission(message_id=message_id, **SUBMISSION)
 
 
 def test_an_unsaved_row_has_every_column_with_its_default_and_no_session() -> None:
@@ -58,16 +64,7 @@ def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table_or_given(
     factory = make_session_factory(engine)
     try:
         with factory.begin() as session:
-            session.add(  # an ordinary row first: the new ids follow it
-                Submission(
-                    message_id="orm",
-                    instruction_type="X",
-                    endpoint_path="/p",
-                    request_json="{}",
-                    created_at=NOW,
-                    updated_at=NOW,
-                )
-            )
+            session.add(orm_submission("orm"))  # an ordinary row first: the new ids follow it
         with factory.begin() as session:
             # None of these has an id: the column default gives them, in order.
             plain = [submission(f"m-{i}") for i in range(3)]
@@ -180,16 +177,7 @@ def test_ids_drawn_ahead_serve_later_calls_without_a_query(pg_url: str) -> None:
         assert len(first[submissions]) == 2 and len(second[clients]) == 5
         # The sequence moved past every id handed out: the column default never repeats one.
         with make_session_factory(engine).begin() as session:
-            session.add(
-                Submission(
-                    message_id="after",
-                    instruction_type="X",
-                    endpoint_path="/p",
-                    request_json="{}",
-                    created_at=NOW,
-                    updated_at=NOW,
-                )
-            )
+            session.add(orm_submission("after"))
         with make_session_factory(engine)() as session:
             after = session.execute(
                 select(Submission.id).where(Submission.message_id == "after")

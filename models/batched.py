@@ -6,10 +6,11 @@ psycopg runs `executemany` as one statement per row in a pipeline, and it talks 
 at each of those calls and then waits to get it back from the threads that are busy with HTTP:
 per row, not per batch. Rewritten, the rows of a flush go out as
 
-    INSERT INTO t (a, b) SELECT * FROM unnest(%s::A[], %s::B[])
-    UPDATE t SET a = v.c1 FROM unnest(%s::K[], %s::A[]) AS v(c0, c1) WHERE t.k = v.c0
+    INSERT INTO t (a, b) SELECT * FROM unnest(%b::A[], %b::B[])
+    UPDATE t SET a = v.c1 FROM unnest(%b::K[], %b::A[]) AS v(c0, c1) WHERE t.k = v.c0
 
-whose text does not depend on the number of rows (the driver parses it once and caches it).
+whose text does not depend on the number of rows (the driver parses it once and caches it);
+the arrays travel in binary (`%b`), which spares the driver quoting every element as text.
 The values are the ones SQLAlchemy prepared for executemany (bind processing already applied),
 the types come from the table's metadata, and the row count is the same as executemany's, so
 the ORM's stale-row check holds. A statement of any other shape runs as before.

@@ -121,10 +121,10 @@ class _Appends:
     """Audit and outbox rows of the session's transaction, not yet written.
 
     They are only ever inserted, never read back in the transaction that makes them, so they
-    are written with one multi-row INSERT per table just before the transaction commits
-    instead of as ORM objects: the rows they describe have their ids by then, and several
-    instructions recorded in one transaction cost two statements, not two per change. (A query
-    later in the same transaction does not see them.)
+    are written just before the transaction commits instead of as ORM objects, together with
+    the rows of `insert_at_commit`: one statement for all of them on PostgreSQL
+    (`models.batched.insert_many`), one per table elsewhere. The rows they describe have their
+    ids by then. (A query later in the same transaction does not see them.)
     """
 
     audit: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)

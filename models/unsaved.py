@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, inspect
+from sqlalchemy import Table, bindparam, inspect, update
 from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from models.batched import insert_many
 from models.db import allocate_ids, is_postgresql
@@ -74,6 +75,53 @@ def unsaved_values(
             for row, new_id in zip(missing, ids, strict=True):
                 row.__dict__[id_key] = new_id
     return table, [{key: row.__dict__[key] for key in keys} for row in rows]
+
+
+def update_changed(session: Session, rows: Sequence[DeclarativeBase]) -> None:
+    """Write what changed on `rows` (made by `new_unsaved` from their stored values, all of one
+    model, each with its key) since they were made, in the session's transaction: one UPDATE by
+    key for each set of changed columns (on PostgreSQL one statement over arrays,
+    `models.batched`). Raises StaleDataError when a row is no longer there."""
+    if not rows:
+        return
+    model = type(rows[0])
+    table = table_of(model)
+    columns = _column_defaults(model)
+    id_key = _id_key(model)
+    assert id_key is not None, f"{model.__name__} has no generated key to update by"
+    groups: dict[tuple[str, ...], list[DeclarativeBase]] = {}
+    for row in rows:
+        if type(row) is not model:
+            raise TypeError("rows of one model at a time: got several models")
+        values = row.__dict__
+        changed = tuple(
+            sorted(
+                key
+                for key, before in inspect(row).committed_state.items()
+                if key in columns and values[key] != before
+            )
+        )
+        if changed:
+            groups.setdefault(changed, []).append(row)
+    connection = session.connection()
+    for keys, group in groups.items():
+        # Parameter names apart from the columns' (SQLAlchemy keeps those for itself).
+        statement = (
+            update(table)
+            .where(table.c[id_key] == bindparam("key_"))
+            .values({key: bindparam(f"new_{key}") for key in keys})
+        )
+        result = connection.execute(
+            statement,
+            [
+                {"key_": row.__dict__[id_key], **{f"new_{key}": row.__dict__[key] for key in keys}}
+                for row in group
+            ],
+        )
+        if result.rowcount != len(group):
+            raise StaleDataError(
+                f"{table.name}: {len(group)} rows to update, {result.rowcount} found"
+            )
 
 
 def table_of(model: type[DeclarativeBase]) -> Table:

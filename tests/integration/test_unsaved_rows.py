@@ -213,3 +213,55 @@ def test_one_of_matches_exactly_the_values_given(database_url: str) -> None:
             assert found([]) == []
     finally:
         engine.dispose()
+
+
+def test_update_changed_writes_only_what_changed_and_notices_a_missing_row(
+    database_url: str,
+) -> None:
+    from sqlalchemy import delete, event
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from models.unsaved import update_changed
+
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    statements: list[str] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement),
+    )
+    try:
+        with factory.begin() as session:
+            insert_unsaved(session, [submission(f"m-{i}") for i in range(3)])
+        with factory() as session:
+            stored = session.execute(select(Submission).order_by(Submission.id)).scalars().all()
+            values = [
+                {c.key: getattr(row, c.key) for c in Submission.__table__.columns} for row in stored
+            ]
+        with factory.begin() as session:
+            rows = [new_unsaved(Submission, **v) for v in values]
+            rows[0].http_status = 201
+            rows[0].instruction_set_id = 77
+            rows[1].http_status = 202
+            rows[2].http_status = rows[2].http_status  # set to what it was: not a change
+            statements.clear()
+            update_changed(session, rows)
+            # Two sets of changed columns: two statements; the unchanged row in neither.
+            assert len([s for s in statements if s.startswith("UPDATE")]) == 2
+        with factory() as session:
+            after = session.execute(
+                select(Submission.http_status, Submission.instruction_set_id).order_by(
+                    Submission.id
+                )
+            ).all()
+        assert [tuple(r) for r in after] == [(201, 77), (202, None), (None, None)]
+        with factory.begin() as session:
+            rows = [new_unsaved(Submission, **v) for v in values]
+            session.execute(delete(Submission).where(Submission.id == values[1]["id"]))
+            for row in rows:
+                row.http_status = 500
+            with pytest.raises(StaleDataError):
+                update_changed(session, rows)
+    finally:
+        engine.dispose()

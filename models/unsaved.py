@@ -28,11 +28,12 @@ def new_unsaved(model: type[Model], **values: Any) -> Model:
     """An instance of `model` holding `values` (columns not given: their scalar default, else
     None), made without attribute events and never added to a session. Only
     `insert_unsaved` writes it; relationships are not set on it (give the foreign key)."""
-    unknown = set(values) - set(_column_defaults(model))
-    if unknown:
-        raise TypeError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
+    defaults = _column_defaults(model)
+    if not defaults.keys() >= values.keys():
+        unknown = sorted(values.keys() - defaults.keys())
+        raise TypeError(f"{model.__name__} has no column {', '.join(unknown)}")
     instance: Model = model.__mapper__.class_manager.new_instance()
-    instance.__dict__.update(_column_defaults(model))
+    instance.__dict__.update(defaults)
     instance.__dict__.update(values)
     return instance
 

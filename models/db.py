@@ -221,9 +221,7 @@ def _id_column(table: Table) -> str:
 
 def _sequence_name(table: Table) -> str:
     """The sequence behind the table's serial id (as PostgreSQL names it for BIGSERIAL)."""
-    column = table.autoincrement_column
-    assert column is not None
-    return f"{table.name}_{column.name}_seq"
+    return f"{table.name}_{_id_column(table)}_seq"
 
 
 def next_client_instruction_id(session: Session, start: int) -> int:

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, inspect, update
+from sqlalchemy import Table, Update, bindparam, inspect, update
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from models.batched import insert_many
-from models.db import allocate_ids, is_postgresql
 
 Model = TypeVar("Model", bound=DeclarativeBase)
 
@@ -27,11 +26,14 @@ Model = TypeVar("Model", bound=DeclarativeBase)
 def new_unsaved(model: type[Model], **values: Any) -> Model:
     """An instance of `model` holding `values` (columns not given: their scalar default, else
     None), made without attribute events and never added to a session. Only
-    `insert_unsaved` writes it; relationships are not set on it (give the foreign key)."""
+    `insert_unsaved`/`update_changed` write its columns. A relationship given is set as
+    already loaded (read by the code that uses the instance, never written: give the foreign
+    key column too)."""
     defaults = _column_defaults(model)
     if not defaults.keys() >= values.keys():
-        unknown = sorted(values.keys() - defaults.keys())
-        raise TypeError(f"{model.__name__} has no column {', '.join(unknown)}")
+        unknown = values.keys() - defaults.keys() - _relationships(model)
+        if unknown:
+            raise TypeError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
     instance: Model = model.__mapper__.class_manager.new_instance()
     instance.__dict__.update(defaults)
     instance.__dict__.update(values)
@@ -41,41 +43,32 @@ def new_unsaved(model: type[Model], **values: Any) -> Model:
 def insert_unsaved(session: Session, *groups: Sequence[DeclarativeBase]) -> None:
     """Insert `groups` of rows (made by `new_unsaved`; each group of one model) in the
     session's transaction, group by group, in order: one statement for all of them on
-    PostgreSQL (`models.batched.insert_many`). Rows of a group without ids get them from the
-    column default when none of the group has one (not read back), else from
-    `allocate_ids`. The rows stay untracked: later changes to them are not written."""
+    PostgreSQL (`models.batched.insert_many`). The rows of a group either all carry their id
+    (`db.allocate_ids`) or none does (the column default gives it; not read back). The rows
+    stay untracked: later changes to them are not written."""
     # The connection, not the session: nothing pending in the session is flushed in between,
     # so ids allocated past the largest one (SQLite) are still free.
-    connection = session.connection()
-    if not is_postgresql(session):
-        # Ids past the largest one are only free until the next insert: group by group.
-        for rows in groups:
-            if rows:
-                insert_many(connection, [unsaved_values(session, rows)])
-        return
-    insert_many(connection, [unsaved_values(session, rows) for rows in groups if rows])
+    insert_many(session.connection(), [unsaved_values(rows) for rows in groups if rows])
 
 
-def unsaved_values(
-    session: Session, rows: Sequence[DeclarativeBase]
-) -> tuple[Table, list[dict[str, Any]]]:
+def unsaved_values(rows: Sequence[DeclarativeBase]) -> tuple[Table, list[dict[str, Any]]]:
     """The table of `rows` (made by `new_unsaved`, all of one model) and their column values,
-    for `models.batched.insert_many` (ids as `insert_unsaved` gives them)."""
+    for `models.batched.insert_many`; without the id column when no row has an id."""
     model = type(rows[0])
     if any(type(row) is not model for row in rows):
         raise TypeError("rows of one model at a time: got several models in one group")
-    table = table_of(model)
     keys = list(_column_defaults(model))
     id_key = _id_key(model)
     if id_key is not None:
-        missing = [row for row in rows if row.__dict__.get(id_key) is None]
-        if len(missing) == len(rows):
+        missing = sum(1 for row in rows if row.__dict__[id_key] is None)
+        if missing == len(rows):
             keys.remove(id_key)
         elif missing:
-            ids = allocate_ids(session, {table: len(missing)})[table]
-            for row, new_id in zip(missing, ids, strict=True):
-                row.__dict__[id_key] = new_id
-    return table, [{key: row.__dict__[key] for key in keys} for row in rows]
+            raise ValueError(
+                f"{model.__name__}: {missing} of {len(rows)} rows have no id; give every row "
+                "its id (allocate_ids) or none"
+            )
+    return table_of(model), [{key: row.__dict__[key] for key in keys} for row in rows]
 
 
 def update_changed(session: Session, rows: Sequence[DeclarativeBase]) -> None:
@@ -106,14 +99,8 @@ def update_changed(session: Session, rows: Sequence[DeclarativeBase]) -> None:
             groups.setdefault(changed, []).append(row)
     connection = session.connection()
     for keys, group in groups.items():
-        # Parameter names apart from the columns' (SQLAlchemy keeps those for itself).
-        statement = (
-            update(table)
-            .where(table.c[id_key] == bindparam("key_"))
-            .values({key: bindparam(f"new_{key}") for key in keys})
-        )
         result = connection.execute(
-            statement,
+            _update_by_key(table, id_key, keys),
             [
                 {"key_": row.__dict__[id_key], **{f"new_{key}": row.__dict__[key] for key in keys}}
                 for row in group
@@ -123,6 +110,17 @@ def update_changed(session: Session, rows: Sequence[DeclarativeBase]) -> None:
             raise StaleDataError(
                 f"{table.name}: {len(group)} rows to update, {result.rowcount} found"
             )
+
+
+@cache
+def _update_by_key(table: Table, id_key: str, keys: tuple[str, ...]) -> Update:
+    """`UPDATE table SET keys WHERE id`, built once per set of columns (parameter names apart
+    from the columns': SQLAlchemy keeps those for itself)."""
+    return (
+        update(table)
+        .where(table.c[id_key] == bindparam("key_"))
+        .values({key: bindparam(f"new_{key}") for key in keys})
+    )
 
 
 def table_of(model: type[DeclarativeBase]) -> Table:
@@ -140,6 +138,11 @@ def _column_defaults(model: type[DeclarativeBase]) -> dict[str, Any]:
         default = column.default
         defaults[prop.key] = default.arg if default is not None and default.is_scalar else None
     return defaults
+
+
+@cache
+def _relationships(model: type[DeclarativeBase]) -> frozenset[str]:
+    return frozenset(inspect(model).relationships.keys())
 
 
 @cache

@@ -53,8 +53,12 @@ def test_an_unsaved_row_has_every_column_with_its_default_and_no_session() -> No
     assert row.id is None and row.amount is None and row.result is None
     row.status = "SUBMITTING"  # attributes are written as on any instance
     assert row.status == "SUBMITTING"
-    with pytest.raises(TypeError, match="no column submission"):
-        new_unsaved(ClientInstruction, submission=None)
+    with pytest.raises(TypeError, match="no column nonsense"):
+        new_unsaved(ClientInstruction, nonsense=1)
+    # A relationship is set as loaded (read, never written).
+    parent = new_unsaved(Submission, id=3, is_bulk=True)
+    child = new_unsaved(ClientInstruction, submission_id=3, submission=parent)
+    assert child.submission is parent and child.submission.is_bulk
 
 
 def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table_or_given(
@@ -68,15 +72,17 @@ def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table_or_given(
         with factory.begin() as session:
             # None of these has an id: the column default gives them, in order.
             plain = [submission(f"m-{i}") for i in range(3)]
-            # Some of these have one: the others get theirs from the table's ids.
-            mixed = [submission(f"n-{i}") for i in range(3)]
-            mixed[1].id = 1000
-            insert_unsaved(session, plain, mixed)
+            # These have theirs.
+            given = [submission(f"n-{i}") for i in range(2)]
+            given[0].id, given[1].id = 1000, 1001
+            insert_unsaved(session, plain, given)
             with pytest.raises(TypeError, match="one model"):
                 insert_unsaved(session, [submission("x"), new_unsaved(ClientInstruction)])
+            half = [submission("y"), submission("z")]
+            half[0].id = 2000
+            with pytest.raises(ValueError, match="1 of 2 rows have no id"):
+                insert_unsaved(session, half)
         assert [row.id for row in plain] == [None] * 3  # not read back
-        allocated = [mixed[0].id, mixed[2].id]
-        assert None not in allocated and allocated == sorted(allocated)
         with factory() as session:
             stored = session.execute(
                 select(Submission.id, Submission.message_id, Submission.attempt_count).order_by(
@@ -84,10 +90,9 @@ def test_unsaved_rows_are_inserted_in_order_with_ids_from_the_table_or_given(
                 )
             ).all()
         by_message = {r.message_id: r.id for r in stored}
-        assert stored[0].message_id == "orm"
-        assert by_message["orm"] < by_message["m-0"] < by_message["m-1"] < by_message["m-2"]
+        assert [r.message_id for r in stored] == ["orm", "m-0", "m-1", "m-2", "n-0", "n-1"]
+        assert (by_message["n-0"], by_message["n-1"]) == (1000, 1001)
         assert {r.attempt_count for r in stored} == {0}
-        assert [by_message[f"n-{i}"] for i in range(3)] == [allocated[0], 1000, allocated[1]]
     finally:
         engine.dispose()
 

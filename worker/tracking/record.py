@@ -130,7 +130,7 @@ class _Appends:
     audit: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
     outbox: list[tuple[ClientInstruction, dict[str, Any]]] = field(default_factory=list)
     #: Rows made by `models.unsaved.new_unsaved`, inserted (with the values they hold then)
-    #: before the events, one statement per model.
+    #: before the events.
     unsaved: list[DeclarativeBase] = field(default_factory=list)
 
 
@@ -191,7 +191,7 @@ def _write_appends(session: Session) -> None:
     by_model: dict[type[DeclarativeBase], list[DeclarativeBase]] = {}
     for row in unsaved:
         by_model.setdefault(type(row), []).append(row)
-    batches = [unsaved_values(session, rows) for rows in by_model.values()]
+    batches = [unsaved_values(rows) for rows in by_model.values()]
     if audit:
         batches.append(
             (

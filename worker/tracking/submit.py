@@ -250,9 +250,12 @@ def _lock_members(
     writes what changed on them with one UPDATE per table instead of the unit of work."""
     members_table, submissions_table = table_of(ClientInstruction), table_of(Submission)
     member_keys = [column.key for column in members_table.columns]
-    submission_columns = [column.label(f"s_{column.key}") for column in submissions_table.columns]
+    submission_labels = [(column.key, f"s_{column.key}") for column in submissions_table.columns]
     query = (
-        select(*members_table.columns, *submission_columns)
+        select(
+            *members_table.columns,
+            *(submissions_table.c[key].label(label) for key, label in submission_labels),
+        )
         .join_from(
             members_table,
             submissions_table,
@@ -271,12 +274,16 @@ def _lock_members(
         if submission is None:
             submission = submissions[submission_id] = new_unsaved(
                 Submission,
-                **{column.key: row[f"s_{column.key}"] for column in submissions_table.columns},
+                members=members[submission_id],
+                **{key: row[label] for key, label in submission_labels},
             )
-            submission.__dict__["members"] = members[submission_id]
-        member = new_unsaved(ClientInstruction, **{key: row[key] for key in member_keys})
-        member.__dict__["submission"] = submission  # the relationship, as loaded
-        members[submission_id].append(member)
+        members[submission_id].append(
+            new_unsaved(
+                ClientInstruction,
+                submission=submission,
+                **{key: row[key] for key in member_keys},
+            )
+        )
     return submissions, members
 
 

@@ -170,7 +170,8 @@ def markdown(results: dict[str, Any]) -> str:
             ),
             "",
             f"pipeline / floor = **{throughput['ratio']}**; events published "
-            f"{pipeline['events_published']}, API calls {pipeline['api_calls']}, each "
+            f"{pipeline['events_published']}, API calls {pipeline['api_calls']} over "
+            f"{pipeline.get('connections_opened', '?')} new connections, each "
             f"instruction applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
         ]
         group = pipeline.get("group_commit") or {}

@@ -266,6 +266,7 @@ def run_pipeline(
             "sandbox": [processes.running["sandbox"].pid],
         }
     )
+    opened_before = sandbox.stats()["connectionsOpened"]
     meter.start()
     started = publish(broker_url, "ibkr.instructions", bodies)
     seen: dict[str, int] = {}
@@ -281,6 +282,7 @@ def run_pipeline(
         raise TimeoutError(f"{error} (last seen: {seen})") from None
     cpu_s = meter.stop()
     outputs = recorder.stop() if recorder is not None else {}
+    connections = sandbox.stats()["connectionsOpened"] - opened_before
     end = _pipeline_end(database_url, first_id, n)
     finished = max(end["last_final_at"], end["last_published_at"])
     log_start = len(processes.log_text("worker"))
@@ -296,6 +298,7 @@ def run_pipeline(
         "last_published_after_s": round(end["last_published_at"] - started, 3),
         "events_published": end["events"],
         "api_calls": end["api_calls"],
+        "connections_opened": connections,
         "cpu_s": cpu_s,
     }
     if outputs:

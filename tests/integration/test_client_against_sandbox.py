@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from worker import jsontext
 from worker.clock import ManualClock
 from worker.config import Settings
-from worker.ibkr.client import IbkrClient
+from worker.ibkr.client import HTTP_LIMITS, IbkrClient
 from worker.ibkr.requests import build_body, parse_request
 from worker.ibkr.responses import Outcome, parse_response
 from worker.sandbox import Sandbox, SandboxConfig
@@ -476,3 +477,47 @@ def test_load_from_eight_threads_stays_within_ten_per_second_per_endpoint(
     assert len(by_endpoint) == 6  # the five under load and the seeding transfer
     for endpoint, times in by_endpoint.items():
         assert _max_in_one_second(times) <= 10, endpoint
+
+
+def test_a_busy_client_keeps_its_connections_alive(
+    start_sandbox: SandboxFactory, rsa_private_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slow answers (the sleep releases the GIL) keep more requests in flight than the pool
+    # holds connections, as under a busy worker. Every connection the pool opens must be kept
+    # and reused: a pool that keeps fewer alive than it opens reconnects every few requests,
+    # and its closes can hit a connection a waiting request was just given (a POST that then
+    # hangs until its read timeout).
+    sandbox = start_sandbox(rate_limits=False)
+    answer = sandbox.app.handle
+
+    def slowly(request: Any) -> Any:
+        time.sleep(0.02)
+        return answer(request)
+
+    monkeypatch.setattr(sandbox.app, "handle", slowly)
+    with make_client(
+        sandbox, rsa_private_key, max_requests_per_second_per_endpoint=0, max_requests_per_minute=0
+    ) as client:
+        _, [cid] = send(client, ict())
+        opened_before = sandbox.stats()["connectionsOpened"]
+        outcomes: list[Outcome] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            for _ in range(8):
+                outcome = client.get_client_instruction(cid).outcome
+                with lock:
+                    outcomes.append(outcome)
+
+        threads = [threading.Thread(target=worker) for _ in range(3 * HTTP_LIMITS.max_connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(outcomes) == len(threads) * 8
+    assert set(outcomes) <= {Outcome.ACCEPTED, Outcome.FINAL}
+    opened = sandbox.stats()["connectionsOpened"] - opened_before
+    assert HTTP_LIMITS.max_keepalive_connections == HTTP_LIMITS.max_connections
+    assert opened <= HTTP_LIMITS.max_connections, (
+        f"{opened} connections for {len(outcomes)} requests"
+    )

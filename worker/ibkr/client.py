@@ -35,6 +35,14 @@ DEFAULT_THROTTLE_RETRIES = 3
 # A Retry-After longer than this is handed back to the caller (THROTTLED) instead of blocking.
 DEFAULT_MAX_THROTTLE_WAIT_S = 60.0
 _USER_AGENT = "ibkr-worker"
+#: Connections per process, every one of them kept alive. httpcore (1.0.9) closes an idle
+#: connection whenever the pool holds more connections than `max_keepalive_connections` (it
+#: counts all of them, not the idle ones): with fewer kept alive than allowed open, a busy
+#: worker opened a new TCP connection every few requests, and such a close can hit a
+#: connection just handed to a waiting request, whose POST then hangs for the whole read
+#: timeout and ends UNKNOWN (encode/httpcore#1110). 16 in flight per process cover IBKR's 10
+#: requests/s up to 1.6 s an answer; 32 cost the worker more CPU under load, no throughput.
+HTTP_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16)
 
 # Failures that happen before any byte of the request left: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -78,7 +86,7 @@ class IbkrClient:
             transport=transport,
             timeout=httpx.Timeout(settings.http_timeout_s),
             headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            limits=HTTP_LIMITS,
         )
         self.auth = IbkrAuth(
             http=self._http,

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -124,13 +124,18 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: SandboxApp, on_open: Callable[[], None]
+    ) -> None:
         self.app = app
+        self._on_open = on_open
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def track(self, connection: socket.socket, *, add: bool) -> None:
+        if add:
+            self._on_open()
         with self._connections_lock:
             if add:
                 self._connections.add(connection)
@@ -243,6 +248,8 @@ class Sandbox:
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._connections_opened = 0
+        self._opened_lock = threading.Lock()
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -251,7 +258,9 @@ class Sandbox:
         if self._server is not None:
             raise RuntimeError("the sandbox is already running")
         self._stopping.clear()
-        self._server = _Server((self.config.host, self.config.port), self.app)
+        self._server = _Server(
+            (self.config.host, self.config.port), self.app, self._connection_opened
+        )
         serve = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -364,8 +373,17 @@ class Sandbox:
     def stats(self, *, include_requests: bool = False) -> dict[str, Any]:
         """Requests per endpoint (count, statuses, per-second counts, busiest second), overall
         statuses, 429s, and each client's busiest sixty seconds; `include_requests` adds every
-        request as `{at, endpoint, status, clientId}` (real POSIX seconds)."""
-        return self.request_stats.snapshot(include_requests=include_requests)
+        request as `{at, endpoint, status, clientId}` (real POSIX seconds); `connectionsOpened`
+        counts the TCP connections accepted (a client that keeps its connections alive opens
+        few)."""
+        body = self.request_stats.snapshot(include_requests=include_requests)
+        with self._opened_lock:
+            body["connectionsOpened"] = self._connections_opened
+        return body
+
+    def _connection_opened(self) -> None:
+        with self._opened_lock:
+            self._connections_opened += 1
 
     def set_faults(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy.orm import Session
+from structlog.contextvars import bound_contextvars
 
 from worker import jsontext
 from worker.broker import ACTOR_NAME, QUEUE_NAME
@@ -30,7 +31,6 @@ from worker.tracking.intake import (
 )
 from worker.tracking.submit import (
     Answer,
-    log_answer,
     post,
     record,
     record_answers,
@@ -104,15 +104,17 @@ def handle_message(
         in_hand_by_another_thread = message_id in _in_hand
         _in_hand.add(message_id)
     try:
-        _handle(
-            ctx,
-            args,
-            kwargs,
-            message,
-            message_id,
-            steps,
-            in_hand_by_another_thread=in_hand_by_another_thread,
-        )
+        # Every line logged while handling the message names it.
+        with bound_contextvars(message_id=message_id):
+            _handle(
+                ctx,
+                args,
+                kwargs,
+                message,
+                message_id,
+                steps,
+                in_hand_by_another_thread=in_hand_by_another_thread,
+            )
     finally:
         if not in_hand_by_another_thread:
             with _in_hand_lock:
@@ -160,17 +162,13 @@ def _handle(
         return
     if intake.disposition == "new" and intake.attempt is not None:
         # Committed SUBMITTING above: now the POST, then its answer.
+        # The client logs the call (one line per message that went out), with the message id
+        # bound by `handle_message` and the submission bound by `post`.
         answer = post(ctx, intake.attempt)
         if steps is not None:
             steps.group.run(steps.record, answer)
         else:
             record(ctx, answer)
-        # One line per message that went out: what came in and what IBKR answered.
-        log_answer(
-            answer,
-            message_id=message_id,
-            client_instruction_ids=list(intake.client_instruction_ids[:20]),
-        )
         return
     log.info(
         "request received",

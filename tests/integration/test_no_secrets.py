@@ -103,7 +103,7 @@ def test_no_secret_or_account_number_reaches_logs_audit_or_events(
     results = "\n".join(
         str(row[0]) for row in pipeline.query("SELECT result FROM client_instructions")
     )
-    assert "instruction submitted" in logs.lower()  # the processes did log, at DEBUG
+    assert "ibkr api call" in logs.lower()  # the processes did log, at DEBUG
     for name, text in {
         "logs": logs,
         "audit": audit,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import dramatiq
 import pytest
+import structlog
 from dramatiq import Worker
 from sqlalchemy import select
 
@@ -77,6 +79,37 @@ def test_the_actor_submits_a_good_request(stub_worker) -> None:  # type: ignore[
     assert ibkr.count("POST") == 1
     with ctx.session_factory() as session:
         assert session.execute(select(ClientInstruction.status)).scalar_one() == "PROCESSED"
+
+
+def test_the_post_runs_with_the_message_and_the_submission_bound_for_its_log_line(
+    sqlite_url: str,
+) -> None:
+    # The client's "ibkr api call" line is the one line a submission logs: the logging setup
+    # merges these bound values into it.
+    bound: list[dict[str, Any]] = []
+
+    def post(body: dict[str, Any]) -> Any:
+        bound.append(structlog.contextvars.get_contextvars())
+        return answer(201, envelope(201, 1, 1012983, "PROCESSED"))
+
+    ibkr = ScriptedIbkr(posts=[post])
+    ctx = make_context(sqlite_url, ibkr, ManualClock())
+    broker = make_broker("stub://")
+    declare_actors(broker, ctx)
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        message = build_message({"request": transfer()})
+        broker.enqueue(message)
+        broker.join("ibkr.instructions")
+    finally:
+        worker.stop()
+        broker.close()
+    with ctx.session_factory() as session:
+        submission_id = session.execute(select(ClientInstruction.submission_id)).scalar_one()
+    assert bound == [
+        {"message_id": message.message_id, "submission_id": submission_id, "attempt": 1}
+    ]
 
 
 @pytest.mark.parametrize(

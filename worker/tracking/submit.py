@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from structlog.contextvars import bound_contextvars
 
 from models import ClientInstruction, Submission, is_postgresql
 from models.db import one_of
@@ -22,7 +23,6 @@ from worker import jsontext
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.endpoints import Endpoint, endpoint_for
 from worker.ibkr.responses import ApiResult, Outcome
-from worker.logging import get_logger
 from worker.tracking.apply import (
     apply_decision,
     prefetch_ibkr_rows,
@@ -33,7 +33,6 @@ from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Decision, after_submit
 from worker.tracking.record import append_audit, change_status
 
-log = get_logger(__name__)
 SENDABLE = frozenset({"RECEIVED", "SUBMITTING"})
 
 
@@ -149,9 +148,7 @@ def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = 
             attempt = begin_attempt(session, ctx, submission, members, ctx.clock.now())
         if attempt is None:
             return False
-    answer = post(ctx, attempt)
-    record(ctx, answer)
-    log_answer(answer)
+    record(ctx, post(ctx, attempt))
     return True
 
 
@@ -162,25 +159,13 @@ def record(ctx: TrackingContext, answer: Answer) -> None:
 
 
 def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
-    """POST a begun (committed) attempt; the answer is still to be recorded."""
-    result = ctx.ibkr.post_instruction(attempt.endpoint, attempt.body)
+    """POST a begun (committed) attempt; the answer is still to be recorded. The client's log
+    line of the call ("ibkr api call") names the submission and the attempt: the one line a
+    submission writes."""
+    with bound_contextvars(submission_id=attempt.submission_id, attempt=attempt.number):
+        result = ctx.ibkr.post_instruction(attempt.endpoint, attempt.body)
     ctx.observer.api_call(result)
     return Answer(attempt, result, ctx.clock.now())
-
-
-def log_answer(answer: Answer, **context: Any) -> None:
-    """The log line of a recorded answer (with `context`, such as the message it came from)."""
-    result = answer.result
-    log.info(
-        "instruction submitted",
-        **context,
-        submission_id=answer.attempt.submission_id,
-        endpoint=answer.attempt.endpoint.path,
-        attempt=answer.attempt.number,
-        outcome=result.outcome.value,
-        http_status=result.http_status,
-        instruction_set_id=result.instruction_set_id,
-    )
 
 
 def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Answer]) -> None:

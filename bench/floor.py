@@ -19,7 +19,7 @@ from worker.broker import make_broker
 from worker.clock import SystemClock
 from worker.config import load_settings
 from worker.ibkr.auth import IbkrAuth
-from worker.ibkr.client import HTTP_LIMITS
+from worker.ibkr.client import http_transport
 from worker.ibkr.endpoints import INTERNAL_CASH_TRANSFERS
 from worker.ibkr.signing import BodySigner, load_private_key
 
@@ -32,7 +32,7 @@ _http = httpx.Client(
     base_url=_settings.ibkr_base_url,
     timeout=httpx.Timeout(_settings.http_timeout_s),
     headers={"Accept": "application/json", "User-Agent": "ibkr-worker-floor"},
-    limits=HTTP_LIMITS,
+    transport=http_transport(),
 )
 _auth = IbkrAuth(
     http=_http,

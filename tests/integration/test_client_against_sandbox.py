@@ -521,3 +521,38 @@ def test_a_busy_client_keeps_its_connections_alive(
     assert opened <= HTTP_LIMITS.max_connections, (
         f"{opened} connections for {len(outcomes)} requests"
     )
+
+
+def test_an_idle_connection_is_not_expired_by_the_client(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    # httpx would expire it after 5 s idle, and that expiry can close a connection just given
+    # to a request (see HTTP_LIMITS); the server's close or TCP keep-alive retire it instead.
+    sandbox = start_sandbox(rate_limits=False)
+    with make_client(sandbox, rsa_private_key) as client:
+        _, [cid] = send(client, ict())
+        opened = sandbox.stats()["connectionsOpened"]
+        time.sleep(5.5)
+        assert client.get_client_instruction(cid).outcome in {Outcome.ACCEPTED, Outcome.FINAL}
+    assert sandbox.stats()["connectionsOpened"] == opened
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    start_sandbox: SandboxFactory, rsa_private_key: Any
+) -> None:
+    first = start_sandbox(rate_limits=False)
+    port = first.port
+    with make_client(first, rsa_private_key) as client:
+        send(client, ict())
+        first.stop()  # closes its keep-alive connections
+        again = Sandbox(SandboxConfig(port=port, rate_limits=False))
+        again.register_client(
+            client_id=CLIENT_ID, key_id=KEY_ID, public_key_pem=public_pem(rsa_private_key)
+        )
+        again.start()
+        try:
+            result, _ = send(client, ict())
+        finally:
+            again.stop()
+    assert result.outcome in {Outcome.ACCEPTED, Outcome.FINAL}, result
+    assert again.stats()["connectionsOpened"] >= 1

@@ -8,6 +8,7 @@ POST their outcome is uncertain, the caller polls); a POST whose answer never ar
 
 from __future__ import annotations
 
+import socket
 import time
 from types import TracebackType
 from typing import Any
@@ -35,14 +36,32 @@ DEFAULT_THROTTLE_RETRIES = 3
 # A Retry-After longer than this is handed back to the caller (THROTTLED) instead of blocking.
 DEFAULT_MAX_THROTTLE_WAIT_S = 60.0
 _USER_AGENT = "ibkr-worker"
-#: Connections per process, every one of them kept alive. httpcore (1.0.9) closes an idle
-#: connection whenever the pool holds more connections than `max_keepalive_connections` (it
-#: counts all of them, not the idle ones): with fewer kept alive than allowed open, a busy
-#: worker opened a new TCP connection every few requests, and such a close can hit a
-#: connection just handed to a waiting request, whose POST then hangs for the whole read
-#: timeout and ends UNKNOWN (encode/httpcore#1110). 16 in flight per process cover IBKR's 10
-#: requests/s up to 1.6 s an answer; 32 cost the worker more CPU under load, no throughput.
-HTTP_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+#: Connections per process: 16 in flight cover IBKR's 10 requests/s up to 1.6 s an answer (32
+#: cost the worker more CPU under load, for no throughput). Every one is kept alive, and none
+#: is expired by the client: httpcore (1.0.9) closes an idle connection when the pool holds
+#: more than `max_keepalive_connections` (counting all of them, not the idle ones) or when its
+#: keep-alive expiry passes, and such a close can hit a connection just handed to a waiting
+#: request, whose POST then hangs for the whole read timeout and ends UNKNOWN
+#: (encode/httpcore#1110; with 32 open and 16 kept, a busy worker also reconnected for nearly
+#: every request). A connection the server closes is still dropped before reuse (httpcore
+#: checks an idle socket for the server's close), and TCP keep-alive probes find one a network
+#: dropped silently, and keep NAT and firewall state of idle connections alive.
+HTTP_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16, keepalive_expiry=None)
+
+
+def _tcp_keepalive() -> list[tuple[int, int, int]]:
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    # Probe after 30 s idle, every 10 s, give up after 3 unanswered (where the OS lets us say).
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
+def http_transport() -> httpx.HTTPTransport:
+    """The transport of every IBKR client: `HTTP_LIMITS` and TCP keep-alive."""
+    return httpx.HTTPTransport(limits=HTTP_LIMITS, socket_options=_tcp_keepalive())
+
 
 # Failures that happen before any byte of the request left: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -83,7 +102,7 @@ class IbkrClient:
         self._signer = BodySigner(private_key, self.client_id, settings.ibkr_key_id, self._clock)
         self._http = httpx.Client(
             base_url=settings.ibkr_base_url,
-            transport=transport,
+            transport=transport or http_transport(),
             timeout=httpx.Timeout(settings.http_timeout_s),
             headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
             limits=HTTP_LIMITS,

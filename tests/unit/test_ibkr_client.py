@@ -307,3 +307,53 @@ def test_client_requires_credentials(rsa_private_key: Any) -> None:
         IbkrClient(Settings(ibkr_key_id="k"), private_key=rsa_private_key)
     with pytest.raises(ConfigError, match="IBKR_PRIVATE_KEY_FILE"):
         IbkrClient(Settings(ibkr_client_id="c", ibkr_key_id="k"))
+
+
+def test_requests_go_under_a_base_url_with_a_path(rsa_private_key: Any, clock: ManualClock) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.path.endswith("/oauth2/api/v1/token"):
+            return httpx.Response(200, json={"access_token": "t0123456789", "expires_in": 600})
+        return httpx.Response(202, json=ACCEPTED)
+
+    with IbkrClient(
+        settings(
+            ibkr_base_url="https://ibkr.test/proxy/",
+            ibkr_token_url="https://ibkr.test/proxy/oauth2/api/v1/token",
+        ),
+        private_key=rsa_private_key,
+        transport=httpx.MockTransport(handler),
+        clock=clock,
+    ) as client:
+        client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+        client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+        client.get_client_instruction(1012983)
+    assert seen == [
+        "https://ibkr.test/proxy/oauth2/api/v1/token",
+        "https://ibkr.test/proxy/gw/api/v1/internal-cash-transfers",
+        "https://ibkr.test/proxy/gw/api/v1/internal-cash-transfers",
+        "https://ibkr.test/proxy/gw/api/v1/client-instructions/1012983",
+    ]
+
+
+def test_a_cookie_the_gateway_sets_is_sent_back(rsa_private_key: Any, clock: ManualClock) -> None:
+    # The jar skips answers without Set-Cookie (most of them); one that sets a cookie (a load
+    # balancer's, say) is still kept.
+    answers = iter(
+        [
+            httpx.Response(202, json=ACCEPTED),
+            httpx.Response(202, json=ACCEPTED, headers={"Set-Cookie": "lb=node7; Path=/"}),
+            httpx.Response(202, json=ACCEPTED),
+        ]
+    )
+    gateway = Gateway(lambda request: next(answers))
+    with make_client(gateway, rsa_private_key, clock) as client:
+        for _ in range(3):
+            client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
+    assert [request.headers.get("Cookie") for request in gateway.requests] == [
+        None,
+        None,
+        "lb=node7",
+    ]

@@ -134,12 +134,6 @@ class BodySigner:
 
     def payload_bytes(self, body: dict[str, Any]) -> bytes:
         """The exact JSON bytes that get signed for `body` (claims merged, Decimals exact)."""
-        bad = non_ascii_path(body)
-        if bad is not None:
-            raise NonAsciiBodyError(
-                f"{bad} holds non-ASCII text, which IBKR refuses in a signed body "
-                "(Invalid payload for security policy: SIGNED_JWT); send ASCII only"
-            )
         issued_at = int(self._clock.now().timestamp())
         payload = {
             **body,
@@ -147,7 +141,17 @@ class BodySigner:
             "iat": issued_at,
             "exp": issued_at + self.lifetime_s,
         }
-        return jsontext.dumps(payload).encode("ascii")
+        text = jsontext.dumps(payload)
+        # The text escapes every non-ASCII character as \uXXXX, so without an escape there is
+        # none and the body need not be walked.
+        if "\\u" in text:
+            bad = non_ascii_path(body)
+            if bad is not None:
+                raise NonAsciiBodyError(
+                    f"{bad} holds non-ASCII text, which IBKR refuses in a signed body "
+                    "(Invalid payload for security policy: SIGNED_JWT); send ASCII only"
+                )
+        return text.encode("ascii")
 
     def sign(self, body: dict[str, Any]) -> str:
         """The compact JWS (`header.payload.signature`) carrying `body`.

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,13 +49,26 @@ class StepKind(Generic[Item, Result]):
     alone: AloneStep
 
 
-@dataclass
 class _Waiting:
-    kind: StepKind[Any, Any]
-    item: Any
-    done: threading.Event = field(default_factory=threading.Event)
-    #: Set by the writer: the step's result once committed; None means "run it alone".
-    finish: Callable[[], Any] | None = None
+    """A step handed to the writer. The thread that handed it blocks in `wait` until the
+    writer calls `done` (once): a bare lock held from the start, which `done` releases, wakes
+    the thread with one lock operation where an Event takes a condition and two locks."""
+
+    __slots__ = ("_latch", "finish", "item", "kind")
+
+    def __init__(self, kind: StepKind[Any, Any], item: Any) -> None:
+        self.kind = kind
+        self.item = item
+        #: Set by the writer: the step's result once committed; None means "run it alone".
+        self.finish: Callable[[], Any] | None = None
+        self._latch = threading.Lock()
+        self._latch.acquire()
+
+    def wait(self) -> None:
+        self._latch.acquire()
+
+    def done(self) -> None:
+        self._latch.release()
 
 
 class GroupCommit:
@@ -94,7 +107,7 @@ class GroupCommit:
             return self._alone(kind, item)
         waiting = _Waiting(kind, item)
         self._queue.put(waiting)
-        waiting.done.wait()
+        waiting.wait()
         if waiting.finish is None:
             return self._alone(kind, item)
         result: Result = waiting.finish()
@@ -145,7 +158,7 @@ class GroupCommit:
             except queue.Empty:
                 return
             if late is not None:
-                late.done.set()
+                late.done()
 
     def _take_waiting(self, batch: list[_Waiting]) -> bool:
         """Add the steps waiting now to `batch`; True when the stop sign was among them."""
@@ -183,4 +196,4 @@ class GroupCommit:
             self.stats["busy_s"] += time.perf_counter() - started
             self.stats["cpu_s"] += time.thread_time() - started_cpu
             for waiting in batch:
-                waiting.done.set()
+                waiting.done()

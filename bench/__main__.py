@@ -40,7 +40,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=128,
+        default=192,
         help="throughput: the pipeline's threads per worker process (the product's default)",
     )
     parser.add_argument(

@@ -77,7 +77,7 @@ def wait_for(stop: threading.Event) -> None:
 )
 @click.option(
     "--threads",
-    default=128,
+    default=192,
     show_default=True,
     type=click.IntRange(1, 256),
     help="Threads per process (messages in hand at once; they share database transactions).",

@@ -54,6 +54,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="throughput: thread counts the floor runs at; its best rate counts",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="throughput: paired rounds (the floor at its best shape, then the pipeline); "
+        "the median round's ratio counts",
+    )
+    parser.add_argument(
         "--no-profile", action="store_true", help="throughput: skip the profiled pipeline run"
     )
     parser.add_argument("--singles", type=int, default=200, help="polling: single transfers")
@@ -126,6 +133,7 @@ def run_one(name: str, args: argparse.Namespace, services: Services, log_root: P
             floor_threads=[int(t) for t in args.floor_threads.split(",") if t],
             floor_processes=[int(p) for p in args.floor_processes.split(",") if p],
             profile_run=not args.no_profile,
+            rounds=args.rounds,
         )
     if name == "polling":
         from bench import polling

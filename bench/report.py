@@ -160,19 +160,33 @@ def markdown(results: dict[str, Any]) -> str:
             )
             for run in floors
         ]
+        rounds = throughput.get("rounds", [])
+        for index, r in enumerate(rounds):
+            lines += [
+                _row(
+                    f"round {index + 1}: floor at its best shape",
+                    _shape_of(floor, shape),
+                    r["floor_rate_per_s"],
+                    r["floor_elapsed_s"],
+                    _cpu(r["floor_cpu_s"]),
+                ),
+                _row(
+                    f"round {index + 1}: pipeline (PROCESSED + events published), "
+                    f"ratio **{r['ratio']}**",
+                    f"{shape['processes']}x{shape['threads']}",
+                    r["pipeline_rate_per_s"],
+                    r["pipeline_elapsed_s"],
+                    _cpu(r["pipeline_cpu_s"]),
+                ),
+            ]
         lines += [
-            _row(
-                "pipeline (PROCESSED + events published)",
-                f"{shape['processes']}x{shape['threads']}",
-                pipeline["rate_per_s"],
-                pipeline["elapsed_s"],
-                _cpu(pipeline["cpu_s"]),
-            ),
             "",
-            f"pipeline / floor = **{throughput['ratio']}**; events published "
-            f"{pipeline['events_published']}, API calls {pipeline['api_calls']} over "
-            f"{pipeline.get('connections_opened', '?')} new connections, each "
-            f"instruction applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
+            f"pipeline / floor = **{throughput['ratio']}** (the median of the paired rounds; "
+            f"the pipeline's best round against the floor's best run of all: "
+            f"{throughput.get('ratio_best_against_best')}). Median round's pipeline: events "
+            f"published {pipeline['events_published']}, API calls {pipeline['api_calls']} over "
+            f"{pipeline.get('connections_opened', '?')} new connections; every instruction of "
+            f"every round applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
         ]
         group = pipeline.get("group_commit") or {}
         if group.get("transactions"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,9 @@ def run(
         best = Shape(int(floor["processes"]), int(floor["threads"]))
         # Paired rounds: the floor at its best shape, then the pipeline, so both meet the same
         # moment of a noisy machine; the median round's ratio counts.
+        pipeline_at = partial(
+            run_pipeline, sandbox, database_url, broker_url, env, processes, n, shape
+        )
         paired: list[dict[str, Any]] = []
         for index in range(rounds):
             log(
@@ -376,23 +380,15 @@ def run(
             )
             first_id = FLOOR_FIRST_ID + (len(floor_shapes) + index) * n
             again = run_floor(sandbox, broker_url, env, processes, n, best, first_id)
-            pipeline = run_pipeline(
-                sandbox,
-                database_url,
-                broker_url,
-                env,
-                processes,
-                n,
-                shape,
-                PIPELINE_FIRST_ID + index * n,
-            )
+            pipeline = pipeline_at(PIPELINE_FIRST_ID + index * n)
             ratio = round(pipeline["rate_per_s"] / again["rate_per_s"], 3)
             paired.append({"floor": again, "pipeline": pipeline, "ratio": ratio})
             log(
                 f"throughput: floor {again['rate_per_s']}/s, pipeline "
                 f"{pipeline['rate_per_s']}/s, ratio {ratio}"
             )
-        median = sorted(paired, key=lambda r: float(r["ratio"]))[len(paired) // 2]
+        # The median round (of an even number, the lower of the middle two).
+        median = sorted(paired, key=lambda r: float(r["ratio"]))[(len(paired) - 1) // 2]
         best_pipeline = max(float(r["pipeline"]["rate_per_s"]) for r in paired)
         result: dict[str, Any] = {
             "shape": {"processes": shape.processes, "threads": shape.threads},
@@ -428,17 +424,7 @@ def run(
             result["profile_missing"] = "py-spy is not installed (pip install py-spy)"
         elif profile_run:
             log("throughput: profiled pipeline run (not timed)")
-            profiled = run_pipeline(
-                sandbox,
-                database_url,
-                broker_url,
-                env,
-                processes,
-                n,
-                shape,
-                PROFILE_FIRST_ID,
-                record=processes.log_dir,
-            )
+            profiled = pipeline_at(PROFILE_FIRST_ID, record=processes.log_dir)
             result["profile"] = profiled.get("profile", {})
             result["profiled_run_rate_per_s"] = profiled["rate_per_s"]
         counts = sandbox.admin("/ledger-counts")

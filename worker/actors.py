@@ -172,7 +172,6 @@ def _handle(
         return
     log.info(
         "request received",
-        message_id=message_id,
         disposition=intake.disposition,
         client_instruction_ids=list(intake.client_instruction_ids[:20]),
     )
@@ -185,7 +184,7 @@ def _handle(
         # resolved by the scheduler now rather than when its lease runs out.
         released = release_unfinished(ctx, message_id)
         if released:
-            log.info("unfinished submission handed to the scheduler", message_id=message_id)
+            log.info("unfinished submission handed to the scheduler")
 
 
 def declare_actors(

@@ -65,7 +65,6 @@ def test_a_batch_whose_commit_fails_publishes_nothing(
     # through a new one.
     publisher.publish(events(3, start=50))
     publisher.close()
-    got = drained(collector, 3)
-    time.sleep(0.3)
+    drained(collector, 3)
+    time.sleep(0.3)  # anything of the failed batch would have arrived by now
     assert [e["clientInstructionId"] for e in collector.drain()] == [50, 51, 52]
-    assert len(got) == 3

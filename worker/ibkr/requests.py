@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from worker.ibkr.endpoints import ENDPOINTS, Endpoint, UnknownInstructionType, endpoint_for
+from worker.ibkr.signing import non_ascii_path
 
 # clientInstructionId must stay exact as a JSON double (reference §4.2).
 MAX_CLIENT_INSTRUCTION_ID = 2**53 - 1
@@ -627,26 +628,6 @@ def _join(prefix: str, loc: Sequence[int | str]) -> str:
     return path
 
 
-def _non_ascii_path(value: Any, path: str) -> str | None:
-    """The JSON path of the first key or string carrying a non-ASCII character, or None."""
-    if isinstance(value, str):
-        return None if value.isascii() else path
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            child = _join(path, [str(key)])
-            if not str(key).isascii():
-                return child
-            found = _non_ascii_path(item, child)
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _non_ascii_path(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
 _LITERAL_OPTIONS = re.compile(r"'([^']*)'")
 
 
@@ -736,7 +717,7 @@ def parse_request(raw: object) -> ParsedRequest:
         raise RequestValidationError(
             "request", "must be a JSON object with instructionType and instruction(s)"
         )
-    bad_path = _non_ascii_path(raw, "")
+    bad_path = non_ascii_path(raw)
     if bad_path is not None:
         raise RequestValidationError(
             bad_path or "request",

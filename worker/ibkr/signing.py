@@ -9,6 +9,7 @@ the bytes are signed with `PyJWS` (``jwt.encode`` would go through ``json.dumps`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,11 @@ def load_private_key(path: str | os.PathLike[str]) -> RSAPrivateKey:
 
 
 def non_ascii_path(value: Any, path: str = "") -> str | None:
-    """The JSON path of the first key or string holding a non-ASCII character, or None."""
+    """The JSON path of the first key or string holding a non-ASCII character (`a.b[0]`;
+    `(body)` for a bare string), or None. Request validation and the signer both use it."""
     if isinstance(value, str):
         return None if value.isascii() else (path or "(body)")
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         for key, item in value.items():
             child = f"{path}.{key}" if path else str(key)
             if not str(key).isascii():

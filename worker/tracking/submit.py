@@ -176,7 +176,7 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
     and set of changed columns, so recording many answers together costs a few statements.
     """
     ids = [answer.attempt.submission_id for answer in answers]
-    submissions, members = _lock_members(session, ids)
+    submissions, members = _lock_members_untracked(session, ids)
     decisions: list[tuple[Answer, ClientInstruction, Decision | None]] = []
     for answer in answers:
         for member in members[answer.attempt.submission_id]:
@@ -227,12 +227,13 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
     update_changed(session, list(submissions.values()))
 
 
-def _lock_members(
+def _lock_members_untracked(
     session: Session, submission_ids: list[int]
 ) -> tuple[dict[int, Submission], dict[int, list[ClientInstruction]]]:
     """The submissions and their members, the members locked for this transaction, read
-    with one query into instances no session tracks (`models.unsaved`): `record_answers`
-    writes what changed on them with one UPDATE per table instead of the unit of work."""
+    with one query into instances no session tracks (`models.unsaved`), unlike
+    `lock_members`: `record_answers` writes what changed on them with `update_changed`, one
+    UPDATE per table, instead of the unit of work."""
     members_table, submissions_table = table_of(ClientInstruction), table_of(Submission)
     member_keys = [column.key for column in members_table.columns]
     submission_labels = [(column.key, f"s_{column.key}") for column in submissions_table.columns]

@@ -18,6 +18,10 @@ DEFAULT_SCOPE = (
 )
 
 
+#: IBKR's own limit for one request (reference 8.3): MAX_MESSAGE_BYTES may not exceed it.
+MAX_MESSAGE_BYTES_CEILING = 20 * 1024 * 1024
+
+
 class ConfigError(Exception):
     """A required setting is missing or malformed; the message names it in one line."""
 
@@ -55,11 +59,21 @@ class Settings:
     honor_downtime: bool = True
     client_instruction_id_start: int = 1_000_000_000
     metrics_port: int | None = None
+    #: Address the metrics servers bind (loopback unless told otherwise).
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: str = "json"
     http_timeout_s: float = 30.0
     # How long a claimed row stays with its process; a crashed holder's rows wait this long.
     lease_s: float = 90.0
+    #: Lifetime (exp - iat) of a signed request body, in seconds.
+    body_lifetime_s: float = 300.0
+    #: How long after a POST whose answer was lost it may still register at IBKR, in seconds.
+    inflight_horizon_s: float = 120.0
+    #: The clock difference assumed possible between this host and IBKR, in seconds.
+    max_clock_skew_s: float = 30.0
+    #: Largest inbound message, and largest body built from one, in bytes.
+    max_message_bytes: int = 2 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.ibkr_token_url:
@@ -188,6 +202,21 @@ def load_settings(
         token_url = _url(env, "IBKR_TOKEN_URL", token_url, ("http", "https"))
     http_timeout = _float(env, "IBKR_HTTP_TIMEOUT_S")
     lease = _float(env, "IBKR_LEASE_S")
+    max_message_bytes = _int(env, "MAX_MESSAGE_BYTES", 2 * 1024 * 1024, minimum=1024)
+    if max_message_bytes > MAX_MESSAGE_BYTES_CEILING:
+        raise ConfigError(
+            f"MAX_MESSAGE_BYTES={max_message_bytes} is above IBKR's own limit of "
+            f"{MAX_MESSAGE_BYTES_CEILING} bytes"
+        )
+    skew_raw = env.get("IBKR_MAX_CLOCK_SKEW_S")
+    skew = 30.0
+    if skew_raw:
+        try:
+            skew = float(skew_raw)
+        except ValueError:
+            raise ConfigError(f"IBKR_MAX_CLOCK_SKEW_S={skew_raw!r} is not a number") from None
+        if not 0 <= skew < 3600:
+            raise ConfigError(f"IBKR_MAX_CLOCK_SKEW_S={skew_raw!r} must be between 0 and 3600")
     margin_raw = env.get("IBKR_RATE_LIMIT_MARGIN_S")
     margin = 0.15
     if margin_raw:
@@ -225,8 +254,13 @@ def load_settings(
             env, "CLIENT_INSTRUCTION_ID_START", 1_000_000_000, minimum=1
         ),
         metrics_port=metrics_port,
+        metrics_host=env.get("METRICS_HOST") or "127.0.0.1",
         log_level=log_level,
         log_format=log_format,
         http_timeout_s=http_timeout or 30.0,
         lease_s=lease or 90.0,
+        body_lifetime_s=_float(env, "IBKR_BODY_LIFETIME_S") or 300.0,
+        inflight_horizon_s=_float(env, "IBKR_INFLIGHT_HORIZON_S") or 120.0,
+        max_clock_skew_s=skew,
+        max_message_bytes=max_message_bytes,
     )

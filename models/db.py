@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -73,6 +74,20 @@ def make_engine(
     engine = create_engine(url, **kwargs)
     batch_executemany(engine)
     return engine
+
+
+def database_time_reader(engine: Engine) -> Callable[[], datetime]:
+    """A function reading the database server's current time (PostgreSQL's `clock_timestamp()`;
+    for `worker.clock.DatabaseClock`, which anchors the shared clock on it)."""
+    if engine.dialect.name != "postgresql":
+        raise ValueError("only PostgreSQL has a clock of its own; SQLite runs on one host")
+
+    def read() -> datetime:
+        with engine.connect() as connection:
+            value: datetime = connection.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return value
+
+    return read
 
 
 def is_postgresql(engine_or_session: Engine | Session) -> bool:

@@ -89,6 +89,14 @@ class Submission(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     instruction_set_id: Mapped[int | None] = mapped_column(BigInteger)
     http_status: Mapped[int | None] = mapped_column(Integer)
+    #: Attempts that left and were not refused outright (they may have registered at IBKR).
+    sent_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Until when (the database's clock) the latest attempt may still register at IBKR: set when
+    #: an attempt begins, cleared only by an answer that settles it or by IBKR not knowing the
+    #: id twice after this time. No attempt begins while it is set.
+    inflight_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: When IBKR was first seen not to know the id (404) after `inflight_until`.
+    absent_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -157,6 +165,8 @@ class ClientInstruction(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     overdue_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     event_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    #: When IBKR showed two transactions of ours under this clientInstructionId.
+    applied_twice_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     final_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -282,18 +292,41 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
-class RateLimitSlot(Base):
-    """Sliding-window ledger of API calls granted, shared by every process using this database.
+class InboundMessage(Base):
+    """A message id seen on the inbound queue, once: the idempotency key of a request without a
+    clientInstructionId. `request_sha256` fingerprints its `request` and `correlation_id`; the
+    same id arriving with another fingerprint is a different request (DUPLICATE_MESSAGE_ID)."""
 
-    `bucket` is `endpoint:<client>:<METHOD> <path template>` or `client:<client>`;
-    `granted_at` is seconds since the epoch (float) at which the call may go out.
-    """
+    __tablename__ = "inbound_messages"
 
-    __tablename__ = "rate_limit_slots"
-    __table_args__ = (Index("ix_rate_limit_slots_bucket_granted_at", "bucket", "granted_at"),)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    bucket: Mapped[str] = mapped_column(String(256))
+
+class RateLimitBucket(Base):
+    """One sliding-window limit shared by every process using this database: at most
+    `len(ring)` grants in any window. `granted` counts the grants so far (the next grant
+    overwrites ring position `granted % limit`); `last_at` is the latest grant, in seconds
+    since the epoch on the database's clock. The name carries the limit and the window, so
+    processes configured differently never share a ring."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    bucket: Mapped[str] = mapped_column(String(256), primary_key=True)
+    granted: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class RateLimitGrant(Base):
+    """The ring of a bucket's latest grants: position `k % limit` holds grant k. A new grant
+    needs only the one it replaces (the limit-th latest), whatever the limit."""
+
+    __tablename__ = "rate_limit_grants"
+
+    bucket: Mapped[str] = mapped_column(String(256), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     granted_at: Mapped[float] = mapped_column(Float)
 
 

@@ -96,7 +96,8 @@ def handle_message(
     `steps`: run the database steps in transactions shared with other threads (the worker);
     without it each step has a transaction of its own.
     """
-    message_id = getattr(message, "message_id", None)
+    # A message without an id reaches us with an empty one (see `worker.broker`): no id.
+    message_id = getattr(message, "message_id", None) or None
     if message_id is None:
         _handle(ctx, args, kwargs, message, None, steps, in_hand_by_another_thread=False)
         return
@@ -133,17 +134,24 @@ def _handle(
 ) -> None:
     try:
         request, correlation_id = check_arguments(args, kwargs)
-        # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST.
+        # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST. The
+        # connection permit comes first, so the POST leaves right after that commit.
         inbound = Inbound(request, correlation_id, message_id, begin_submission=True)
-        if steps is not None:
-            intake = steps.group.run(steps.receive, inbound)
-        else:
-            intake = receive(
-                ctx,
-                request=request,
-                correlation_id=correlation_id,
-                message_id=message_id,
-                begin_submission=True,
+        with ctx.ibkr.permit():
+            if steps is not None:
+                intake = steps.group.run(steps.receive, inbound)
+            else:
+                intake = receive(
+                    ctx,
+                    request=request,
+                    correlation_id=correlation_id,
+                    message_id=message_id,
+                    begin_submission=True,
+                )
+            answer = (
+                post(ctx, intake.attempt)
+                if intake.disposition == "new" and intake.attempt is not None
+                else None
             )
     except Unprocessable as error:
         body: bytes | str
@@ -160,11 +168,9 @@ def _handle(
             queue_name=QUEUE_NAME,
         )
         return
-    if intake.disposition == "new" and intake.attempt is not None:
-        # Committed SUBMITTING above: now the POST, then its answer.
-        # The client logs the call (one line per message that went out), with the message id
-        # bound by `handle_message` and the submission bound by `post`.
-        answer = post(ctx, intake.attempt)
+    if answer is not None:
+        # The client logged the call (one line per message that went out), with the message
+        # id bound by `handle_message` and the submission bound by `post`.
         if steps is not None:
             steps.group.run(steps.record, answer)
         else:

@@ -224,6 +224,13 @@ def load_settings(
             margin = float(margin_raw)
         except ValueError:
             raise ConfigError(f"IBKR_RATE_LIMIT_MARGIN_S={margin_raw!r} is not a number") from None
+    timeout_s, lease_s = http_timeout or 30.0, lease or 90.0
+    if lease_s <= 2 * timeout_s:
+        raise ConfigError(
+            f"IBKR_LEASE_S={lease_s:g} must be more than twice IBKR_HTTP_TIMEOUT_S "
+            f"({timeout_s:g} s): a POST may take the timeout to leave and again to be answered, "
+            "all within its lease"
+        )
     return Settings(
         database_url=_url(
             env, "DATABASE_URL", "sqlite:///ibkr_worker.db", ("sqlite", "postgresql", "postgres")
@@ -257,8 +264,8 @@ def load_settings(
         metrics_host=env.get("METRICS_HOST") or "127.0.0.1",
         log_level=log_level,
         log_format=log_format,
-        http_timeout_s=http_timeout or 30.0,
-        lease_s=lease or 90.0,
+        http_timeout_s=timeout_s,
+        lease_s=lease_s,
         body_lifetime_s=_float(env, "IBKR_BODY_LIFETIME_S") or 300.0,
         inflight_horizon_s=_float(env, "IBKR_INFLIGHT_HORIZON_S") or 120.0,
         max_clock_skew_s=skew,

@@ -52,6 +52,12 @@ class Metrics:
         self.throttled = Counter(
             "ibkr_api_throttled", "429 answers from IBKR", registry=self.registry
         )
+        self.applied_twice_count = Counter(
+            "ibkr_applied_twice_detected",
+            "Times this process found IBKR showing two transactions of ours for one instruction",
+            ["instruction_type"],
+            registry=self.registry,
+        )
         self.status_changes = Counter(
             "ibkr_instruction_status_changes",
             "Tracked status changes by instruction type and new status",
@@ -74,6 +80,9 @@ class Metrics:
 
     def status_changed(self, instruction_type: str, to_status: str) -> None:
         self.status_changes.labels(instruction_type, to_status).inc()
+
+    def applied_twice(self, instruction_type: str) -> None:
+        self.applied_twice_count.labels(instruction_type).inc()
 
     def watch_database(
         self, session_factory: sessionmaker[Session], max_age_s: float = 15.0
@@ -128,6 +137,9 @@ class _StateCollector:
                 )
             ).scalar_one()
             letters = session.execute(select(func.count()).select_from(DeadLetter)).scalar_one()
+            twice = session.execute(
+                select(func.count()).where(ClientInstruction.applied_twice_at.is_not(None))
+            ).scalar_one()
             backlog = session.execute(
                 select(func.count(), func.min(OutboxEvent.created_at)).where(
                     OutboxEvent.published_at.is_(None)
@@ -147,6 +159,14 @@ class _StateCollector:
             )
         )
         families.append(GaugeMetricFamily("ibkr_dead_letters", "Dead letters kept", value=letters))
+        families.append(
+            GaugeMetricFamily(
+                "ibkr_instructions_applied_twice",
+                "Instructions IBKR shows two transactions of ours for: the money may have moved "
+                "twice (alert on anything above 0)",
+                value=twice,
+            )
+        )
         families.append(
             GaugeMetricFamily("ibkr_outbox_backlog", "Events not yet published", value=backlog[0])
         )

@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
-from worker.clock import Clock, SystemClock
+from models.db import database_time_reader
+from worker.clock import Clock, DatabaseClock, SystemClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.ratelimit import RateLimiter, SqlLedger
@@ -29,6 +30,8 @@ class Runtime:
     engine: Engine
     client: IbkrClient
     ctx: TrackingContext
+    ledger_engine: Engine | None = None
+    database_clock: DatabaseClock | None = None
     _writer_engine: Engine | None = None
 
     def writer_session_factory(self) -> sessionmaker[Session]:
@@ -45,7 +48,12 @@ class Runtime:
 
     def close(self) -> None:
         self.client.close()
+        self.client.rate_limiter.close()
+        if self.database_clock is not None:
+            self.database_clock.stop()
         self.engine.dispose()
+        if self.ledger_engine is not None:
+            self.ledger_engine.dispose()
         if self._writer_engine is not None:
             self._writer_engine.dispose()
 
@@ -65,11 +73,22 @@ def build_runtime(
     observer: Observer | None = None,
     pool_size: int = 10,
 ) -> Runtime:
-    """Engine, IBKR client (rate budget shared through the database) and tracking context."""
-    clock = clock or SystemClock()
+    """Engine, IBKR client (rate budget shared through the database) and tracking context.
+
+    Without `clock`, a process on PostgreSQL runs on the database's clock (`DatabaseClock`):
+    leases, claims, due times and rate-limit slots are judged by one clock on every host.
+    """
     engine = make_engine(settings.database_url, pool_size=pool_size)
+    database_clock: DatabaseClock | None = None
+    if clock is None:
+        if engine.dialect.name == "postgresql":
+            database_clock = DatabaseClock(database_time_reader(engine)).start()
+            clock = database_clock
+        else:
+            clock = SystemClock()
+    ledger_engine = SqlLedger.own_engine(settings.database_url)
     limiter = RateLimiter(
-        SqlLedger(engine),
+        SqlLedger(ledger_engine),
         settings.max_requests_per_second_per_endpoint,
         settings.max_requests_per_minute,
         settings.rate_limit_margin_s,
@@ -89,4 +108,11 @@ def build_runtime(
         observer=observer or NullObserver(),
         lease_s=settings.lease_s,
     )
-    return Runtime(settings=settings, engine=engine, client=client, ctx=ctx)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        client=client,
+        ctx=ctx,
+        ledger_engine=ledger_engine,
+        database_clock=database_clock,
+    )

@@ -54,9 +54,15 @@ class Pipeline:
             "POLL_INITIAL_DELAY_S": "0.5",
             "POLL_MAX_DELAY_S": "2",
             "POLL_BACKOFF_FACTOR": "1.5",
+            # Scaled together so that a fault run stays quick: a POST leaves within 5 s or not
+            # at all, its body expires with its 20 s lease, and one whose answer was lost may
+            # register until max(20, 5 + 10) + 2 s after it began: no resend before that.
             "IBKR_HTTP_TIMEOUT_S": "5",
             # A SIGKILLed holder's rows are taken over after this (crash tests wait for it).
             "IBKR_LEASE_S": "20",
+            "IBKR_BODY_LIFETIME_S": "20",
+            "IBKR_INFLIGHT_HORIZON_S": "10",
+            "IBKR_MAX_CLOCK_SKEW_S": "2",
             "LOG_LEVEL": "INFO",
             **self.extra_env,
         }

@@ -1,4 +1,5 @@
-"""Token handling: cached, refreshed before expiry, one refresh at a time, 401 re-auth once."""
+"""Token handling: cached, refreshed before expiry, one refresh at a time, 401 re-auth once
+(the client asks for a new token once and sends the request once more)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 import structlog
 
 from worker.clock import ManualClock
+from worker.config import Settings
 from worker.ibkr.auth import CLIENT_ASSERTION_TYPE, AuthenticationError, IbkrAuth
+from worker.ibkr.client import IbkrClient
 
 TOKEN_URL = "https://ibkr.test/oauth2/api/v1/token"
-GW_URL = "https://ibkr.test/gw/api/v1/echo/https"
 SCOPE = "transfers.read transfers.write"
 
 
@@ -76,27 +78,35 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-def make_auth(fake: FakeIbkr, key: Any, clock: ManualClock) -> tuple[IbkrAuth, httpx.Client]:
-    http = httpx.Client(transport=httpx.MockTransport(fake))
-    auth = IbkrAuth(
-        http=http,
-        token_url=TOKEN_URL,
-        client_id="acme",
-        key_id="main",
-        private_key=key,
-        scope=SCOPE,
-        audience="/token",
-        clock=clock,
+def make_auth(fake: FakeIbkr, key: Any, clock: ManualClock) -> tuple[IbkrAuth, IbkrClient]:
+    """A client (rate limits off) on the fake, and its token keeper."""
+    settings = Settings(
+        ibkr_base_url="https://ibkr.test",
+        ibkr_client_id="acme",
+        ibkr_key_id="main",
+        ibkr_scope=SCOPE,
+        max_requests_per_second_per_endpoint=0,
+        max_requests_per_minute=0,
     )
-    return auth, http
+    client = IbkrClient(settings, private_key=key, transport=httpx.MockTransport(fake), clock=clock)
+    return client.auth, client
+
+
+def call(client: IbkrClient) -> int | None:
+    """One /gw call (a status GET); its HTTP status."""
+    return client.get_client_instruction(7).http_status
+
+
+def form_poster(http: httpx.Client) -> Any:
+    return lambda url, form: http.post(url, data=form)
 
 
 def test_token_request_is_form_encoded_with_a_verifiable_assertion(
     rsa_private_key: Any, clock: ManualClock
 ) -> None:
     fake = FakeIbkr()
-    auth, http = make_auth(fake, rsa_private_key, clock)
-    assert http.get(GW_URL, auth=auth).status_code == 200
+    _, http = make_auth(fake, rsa_private_key, clock)
+    assert call(http) == 200
     [form] = fake.forms
     assert form["grant_type"] == ["client_credentials"]
     assert form["client_assertion_type"] == [CLIENT_ASSERTION_TYPE]
@@ -114,9 +124,9 @@ def test_token_request_is_form_encoded_with_a_verifiable_assertion(
 
 def test_token_is_cached_between_calls(rsa_private_key: Any, clock: ManualClock) -> None:
     fake = FakeIbkr()
-    auth, http = make_auth(fake, rsa_private_key, clock)
+    _, http = make_auth(fake, rsa_private_key, clock)
     for _ in range(5):
-        assert http.get(GW_URL, auth=auth).status_code == 200
+        assert call(http) == 200
     assert len(fake.issued) == 1
     assert fake.gw_calls == 5
 
@@ -125,13 +135,13 @@ def test_token_is_refreshed_300_seconds_before_expiry(
     rsa_private_key: Any, clock: ManualClock
 ) -> None:
     fake = FakeIbkr(expires_in=3600)
-    auth, http = make_auth(fake, rsa_private_key, clock)
-    http.get(GW_URL, auth=auth)
+    _, http = make_auth(fake, rsa_private_key, clock)
+    call(http)
     clock.advance(3600 - 300 - 1)
-    http.get(GW_URL, auth=auth)
+    call(http)
     assert len(fake.issued) == 1
     clock.advance(2)
-    http.get(GW_URL, auth=auth)
+    call(http)
     assert len(fake.issued) == 2
 
 
@@ -139,10 +149,10 @@ def test_short_lived_token_is_not_fetched_on_every_call(
     rsa_private_key: Any, clock: ManualClock
 ) -> None:
     fake = FakeIbkr(expires_in=60)
-    auth, http = make_auth(fake, rsa_private_key, clock)
-    http.get(GW_URL, auth=auth)
+    _, http = make_auth(fake, rsa_private_key, clock)
+    call(http)
     clock.advance(29)
-    http.get(GW_URL, auth=auth)
+    call(http)
     assert len(fake.issued) == 1
 
 
@@ -169,11 +179,10 @@ def test_revoked_token_is_replaced_once_and_the_call_replayed_once(
     rsa_private_key: Any, clock: ManualClock
 ) -> None:
     fake = FakeIbkr()
-    auth, http = make_auth(fake, rsa_private_key, clock)
-    http.get(GW_URL, auth=auth)
+    _, http = make_auth(fake, rsa_private_key, clock)
+    call(http)
     fake.valid.clear()  # IBKR revokes the token
-    response = http.get(GW_URL, auth=auth)
-    assert response.status_code == 200
+    assert call(http) == 200
     assert len(fake.issued) == 2
     assert fake.gw_calls == 3  # first call, refused call, replay
 
@@ -181,9 +190,8 @@ def test_revoked_token_is_replaced_once_and_the_call_replayed_once(
 def test_persistent_401_is_replayed_only_once(rsa_private_key: Any, clock: ManualClock) -> None:
     fake = FakeIbkr()
     fake.reject_all_tokens = True
-    auth, http = make_auth(fake, rsa_private_key, clock)
-    response = http.get(GW_URL, auth=auth)
-    assert response.status_code == 401
+    _, http = make_auth(fake, rsa_private_key, clock)
+    assert call(http) == 401
     assert fake.gw_calls == 2
     assert len(fake.issued) == 2
 
@@ -219,7 +227,7 @@ def test_unreachable_token_endpoint_is_transient(rsa_private_key: Any, clock: Ma
 
     http = httpx.Client(transport=httpx.MockTransport(refuse))
     auth = IbkrAuth(
-        http=http,
+        post_form=form_poster(http),
         token_url=TOKEN_URL,
         client_id="acme",
         key_id="main",
@@ -240,7 +248,7 @@ def test_token_response_without_access_token_is_an_error(
         transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"nope": 1}))
     )
     auth = IbkrAuth(
-        http=http,
+        post_form=form_poster(http),
         token_url=TOKEN_URL,
         client_id="acme",
         key_id="main",
@@ -257,9 +265,9 @@ def test_secrets_never_reach_logs_or_reprs(rsa_private_key: Any, clock: ManualCl
     fake = FakeIbkr()
     auth, http = make_auth(fake, rsa_private_key, clock)
     with structlog.testing.capture_logs() as logs:
-        http.get(GW_URL, auth=auth)
+        call(http)
         fake.valid.clear()
-        http.get(GW_URL, auth=auth)
+        call(http)
     text = repr(logs) + repr(auth) + repr(auth._token)
     assert logs  # the token fetch and re-authentication are logged
     for secret in fake.issued + fake.assertions:

@@ -119,16 +119,28 @@ def test_post_sends_a_signed_jwt_body_with_the_bearer_token(
     assert result.exchange.path == "/gw/api/v1/internal-cash-transfers"
 
 
-def test_body_is_signed_after_the_rate_limit_wait(rsa_private_key: Any, clock: ManualClock) -> None:
-    gateway = Gateway(lambda request: httpx.Response(202, json=ACCEPTED))
+def test_the_body_is_signed_before_the_slot_and_the_request_leaves_at_the_slot(
+    rsa_private_key: Any, clock: ManualClock
+) -> None:
+    left_at: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        left_at.append(clock.monotonic())
+        return httpx.Response(202, json=ACCEPTED)
+
+    gateway = Gateway(answer)
     limiter = RateLimiter(MemoryLedger(), 1, 0, 0.0, clock)
     client = make_client(gateway, rsa_private_key, clock, rate_limiter=limiter)
+    start = clock.monotonic()
     client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)
-    client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)  # waits 1 s on the clock
+    client.post_instruction(INTERNAL_CASH_TRANSFERS, BODY)  # its slot is 1 s later
     first, second = (
         jwt.decode(r.content, options={"verify_signature": False}) for r in gateway.requests
     )
-    assert second["iat"] - first["iat"] == 1
+    # Signed when the connection was had, then the slot: both bodies carry the same iat, and
+    # the second left when its slot came.
+    assert first["iat"] == second["iat"]
+    assert [t - start for t in left_at] == [0.0, pytest.approx(1.0)]
 
 
 def test_gets_carry_no_body_and_report_the_path_template(
@@ -221,14 +233,14 @@ def test_post_without_an_answer_is_unknown(
     assert "may have been processed" in (result.error_detail or "")
 
 
-def test_post_that_could_not_connect_is_transient(rsa_private_key: Any, clock: ManualClock) -> None:
+def test_post_that_could_not_connect_was_not_sent(rsa_private_key: Any, clock: ManualClock) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     result = make_client(Gateway(refuse), rsa_private_key, clock).post_instruction(
         INTERNAL_CASH_TRANSFERS, BODY
     )
-    assert result.outcome is Outcome.TRANSIENT
+    assert result.outcome is Outcome.NOT_SENT
     assert "nothing was sent" in (result.error_detail or "")
 
 

@@ -68,8 +68,22 @@ def test_signed_body_verifies_with_the_public_key(
     assert claims["instruction"]["clientInstructionId"] == 1012983
     now = int(clock.now().timestamp())
     assert claims["iss"] == CLIENT_ID
-    assert claims["iat"] == now
+    # iat a little in the past (a host clock slightly ahead of IBKR's), exp the lifetime ahead.
+    assert claims["iat"] == now - 10
     assert claims["exp"] == now + 300
+
+
+def test_a_body_never_outlives_the_lifetime_it_is_given(
+    signer: BodySigner, clock: ManualClock
+) -> None:
+    now = int(clock.now().timestamp())
+    short = jwt.decode(signer.sign(BODY, lifetime_s=42.9), options={"verify_signature": False})
+    assert short["exp"] == now + 42
+    # Never longer than the signer's own lifetime, never in the past.
+    longer = jwt.decode(signer.sign(BODY, lifetime_s=10_000), options={"verify_signature": False})
+    assert longer["exp"] == now + 300
+    gone = jwt.decode(signer.sign(BODY, lifetime_s=-5), options={"verify_signature": False})
+    assert gone["exp"] == now
 
 
 def test_header_names_the_key_and_algorithm(signer: BodySigner) -> None:

@@ -132,25 +132,41 @@ def test_requests_without_an_id_get_sequential_ids_from_the_start(
     assert second.client_instruction_ids == (5001,)
 
 
-def test_a_lost_answer_is_resolved_by_get_and_404_resends_the_same_body(
+def test_a_lost_answer_is_resent_only_after_its_horizon_and_two_404s_apart(
     sqlite_url: str, clock: ManualClock
 ) -> None:
+    """A POST whose answer was lost may still register until its in-flight horizon: a 404
+    before then proves nothing, and after it two 404s some seconds apart are needed before the
+    same body goes again (guard: `decisions._absent`; make it answer RESEND at once and the
+    POST count after the first 404 becomes 2)."""
+    not_found = answer(404, {"type": "/simple", "title": "Not found", "status": 404}, "GET")
     ibkr = ScriptedIbkr(
         posts=[
             no_response("POST", POST_PATH, Outcome.UNKNOWN, "read timeout"),
             answer(201, envelope(201, 44, 1012983, "PROCESSED")),
         ],
-        lookups=[answer(404, {"type": "/simple", "title": "Not found", "status": 404}, "GET")],
+        lookups=[not_found, not_found, not_found],
     )
     ctx = make_context(sqlite_url, ibkr, clock)
     send(ctx, receive(ctx, request=transfer(), correlation_id=None, message_id="m-1").submission_id)
     [row] = rows(ctx)
     assert row.status == "SUBMITTING"
+    # Defaults: lease 90 s, the POST leaves within 30 s, horizon 120 s, skew 30 s.
+    horizon_s = max(90, 30 + 120) + 30
     clock.advance(5)
-    run_round(ctx)
+    run_round(ctx)  # 404 long before the horizon: nothing is sent
+    assert ibkr.count("POST") == 1
+    clock.advance(horizon_s - 10)
+    assert run_round(ctx) == 0  # not due before the horizon
+    clock.advance(10)
+    run_round(ctx)  # the first 404 after the horizon: only noted
+    assert ibkr.count("POST") == 1
+    clock.advance(5)
+    run_round(ctx)  # the second, 5 s later: the same body goes again
     [row] = rows(ctx)
     assert row.status == "PROCESSED" and row.attempt_count == 2
-    (_, first_body), (_, second_body) = ibkr.calls[0], ibkr.calls[2]
+    assert ibkr.count("POST") == 2 and ibkr.count("GET") == 3
+    (_, first_body), (_, second_body) = ibkr.calls[0], ibkr.calls[-1]
     assert first_body == second_body
 
 

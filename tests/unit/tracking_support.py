@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from models import make_engine, make_session_factory
 from worker.clock import ManualClock
 from worker.config import Settings
+from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint
 from worker.ibkr.responses import ApiResult, Outcome, no_response, parse_response
 from worker.tracking.context import TrackingContext
@@ -44,9 +46,16 @@ class ScriptedIbkr:
     lookups: list[ApiResult] = field(default_factory=list)
     set_reads: list[ApiResult] = field(default_factory=list)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    budgets: list[SendBudget | None] = field(default_factory=list)
 
-    def post_instruction(self, endpoint: Endpoint, body: dict[str, Any]) -> ApiResult:
+    def permit(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def post_instruction(
+        self, endpoint: Endpoint, body: dict[str, Any], budget: SendBudget | None = None
+    ) -> ApiResult:
         self.calls.append(("POST " + endpoint.path, body))
+        self.budgets.append(budget)
         item = self.posts.pop(0)
         return item(body) if callable(item) else item
 

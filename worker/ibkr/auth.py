@@ -1,14 +1,16 @@
-"""OAuth 2.0 client credentials with `private_key_jwt` (reference §2), as an `httpx.Auth`.
+"""OAuth 2.0 client credentials with `private_key_jwt` (reference §2).
 
 The access token is cached and refreshed `refresh_margin_s` (300 s) before it expires; one
-thread refreshes at a time while the others wait and reuse its token. A 401 from a `/gw` call
-invalidates the token, re-authenticates once and replays the request once.
+thread refreshes at a time while the others wait and reuse its token. The token request goes
+out through `post_form`, which the client gives: it takes a rate-limit slot and a connection
+for it like any other request, because IBKR counts token requests too. What a 401 from a `/gw`
+call leads to (a new token, the request signed and sent again) is the client's business.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,19 +51,24 @@ class _Token:
         return f"_Token(refresh_at={self.refresh_at}, expires_in_s={self.expires_in_s})"
 
 
-class IbkrAuth(httpx.Auth):
-    """Bearer-token auth for IBKR `/gw` calls.
+#: Sends the token request: (token URL, form fields) -> the answer. Raises httpx.HTTPError
+#: when no answer came, or AuthenticationError when the request could not be sent in time.
+PostForm = Callable[[str, dict[str, str]], httpx.Response]
 
-    `http` is the client used for the token request (sent without this auth); `clock` gives
-    the monotonic time used for expiry; `refresh_margin_s` is how long before expiry (seconds)
-    a token is replaced, at most half its lifetime so short-lived tokens are not fetched on
-    every call.
+
+class IbkrAuth:
+    """Bearer tokens for IBKR `/gw` calls.
+
+    `post_form` sends the token request; `clock` gives the monotonic time used for expiry and
+    the wall time of the assertion; `refresh_margin_s` is how long before expiry (seconds) a
+    token is replaced, at most half its lifetime so short-lived tokens are not fetched on every
+    call.
     """
 
     def __init__(
         self,
         *,
-        http: httpx.Client,
+        post_form: PostForm,
         token_url: str,
         client_id: str,
         key_id: str,
@@ -72,7 +79,7 @@ class IbkrAuth(httpx.Auth):
         refresh_margin_s: float = DEFAULT_REFRESH_MARGIN_S,
         assertion_lifetime_s: int = DEFAULT_ASSERTION_LIFETIME_S,
     ) -> None:
-        self._http = http
+        self._post_form = post_form
         self.token_url = token_url
         self.client_id = client_id
         self._key_id = key_id
@@ -88,21 +95,6 @@ class IbkrAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return f"IbkrAuth(client_id={self.client_id!r}, token_url={self.token_url!r})"
-
-    # --- httpx.Auth ---------------------------------------------------------------------------
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.access_token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code != 401:
-            return
-        # A revoked or expired token: fetch a new one once and replay the request once. The
-        # request was refused before IBKR processed it, so the replay cannot duplicate it.
-        log.info("ibkr token refused; re-authenticating", path=request.url.path)
-        self.invalidate(token)
-        request.headers["Authorization"] = f"Bearer {self.access_token()}"
-        yield request
 
     # --- tokens -------------------------------------------------------------------------------
 
@@ -141,10 +133,7 @@ class IbkrAuth(httpx.Auth):
         }
         self.token_requests += 1
         try:
-            # The client carries no default auth: the token request goes out without a bearer.
-            response = self._http.post(
-                self.token_url, data=form, headers={"Accept": "application/json"}
-            )
+            response = self._post_form(self.token_url, form)
         except httpx.HTTPError as error:
             raise AuthenticationError(
                 f"could not reach the IBKR token endpoint {self.token_url} "

@@ -1,21 +1,38 @@
-"""The IBKR Funds & Banking client: rate-limit slot, signature, POST/GET, meaning of the answer.
+"""The IBKR Funds & Banking client: connection, token, signature, rate-limit slot, call, answer.
 
-One `httpx.Client` with keep-alive per `IbkrClient`; tests swap the transport (httpx's seam).
-A POST is signed only once its rate-limit slot is granted, so the body's `iat` is fresh. A 429
-means nothing was processed and is waited out and retried; 5xx are returned as TRANSIENT (on a
-POST their outcome is uncertain, the caller polls); a POST whose answer never arrives is UNKNOWN.
+Every request is made in this order, and each resource is taken only when the next can follow
+at once: a connection permit (one of `request_connections`, so a free pooled connection is
+waiting), a valid access token (the token request has a connection and a slot of its own), the
+signed body, then a rate-limit slot, whose time the request leaves at. A request that could not
+leave within `tolerance_s` of its slot is stopped before its first byte (the check runs in the
+transport, at the first write) and takes a new slot; it never goes "anyway".
+
+A POST attempt has a budget (`SendBudget`): it leaves before `send_by_mono` or not at all
+(`Outcome.NOT_SENT`: nothing reached IBKR), and its body expires no later than the attempt's
+lease. Within the budget, answers that show IBKR processed nothing are handled here: a 401 gets
+a new token and the body signed again; a `SIGNED_JWT` policy 400 (or a 401 that a new token does
+not cure, the worse branch of reference §3.1) gets the body signed again (fresh iat and exp) and
+sent once more; a 429 is waited out. None of those can register a transaction, so sending again
+cannot move money twice. Everything else is returned: 5xx and lost answers (UNKNOWN) leave the
+outcome uncertain, and the caller finds out by asking before anything is resent.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from worker._compat import DepartureRefused, departure_check, departure_guarded_transport
 from worker.clock import Clock, SystemClock
 from worker.config import ConfigError, Settings
 from worker.ibkr.auth import AuthenticationError, IbkrAuth
@@ -33,20 +50,32 @@ from worker.logging import get_logger
 log = get_logger(__name__)
 
 DEFAULT_THROTTLE_RETRIES = 3
-# A Retry-After longer than this is handed back to the caller (THROTTLED) instead of blocking.
-DEFAULT_MAX_THROTTLE_WAIT_S = 60.0
+#: Requests a client has on the wire at once (connections in its pool, plus one kept for the
+#: token request). 16 cover IBKR's 10 requests/s up to 1.6 s an answer.
+DEFAULT_REQUEST_CONNECTIONS = 16
+#: The text of IBKR's gateway refusal of a signed body (reference §3.1).
+SIGNED_JWT_POLICY_REFUSAL = "Invalid payload for security policy: SIGNED_JWT"
 _USER_AGENT = "ibkr-worker"
-#: Connections per process: 16 in flight cover IBKR's 10 requests/s up to 1.6 s an answer (32
-#: cost the worker more CPU under load, for no throughput). Every one is kept alive, and none
-#: is expired by the client: httpcore (1.0.9) closes an idle connection when the pool holds
-#: more than `max_keepalive_connections` (counting all of them, not the idle ones) or when its
-#: keep-alive expiry passes, and such a close can hit a connection just handed to a waiting
-#: request, whose POST then hangs for the whole read timeout and ends UNKNOWN
-#: (encode/httpcore#1110; with 32 open and 16 kept, a busy worker also reconnected for nearly
-#: every request). A connection the server closes is still dropped before reuse (httpcore
-#: checks an idle socket for the server's close), and TCP keep-alive probes find one a network
-#: dropped silently, and keep NAT and firewall state of idle connections alive.
-HTTP_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16, keepalive_expiry=None)
+
+
+def http_limits(request_connections: int = DEFAULT_REQUEST_CONNECTIONS) -> httpx.Limits:
+    """Connections of one client: one per request permit plus one for the token request.
+
+    Every one is kept alive and none is expired by the client: httpcore (1.0.9) closes an idle
+    connection when the pool holds more than `max_keepalive_connections` (counting all of them,
+    not the idle ones) or when its keep-alive expiry passes, and such a close can hit a
+    connection just handed to a waiting request, whose POST then hangs for the whole read
+    timeout (encode/httpcore#1110). A connection the server closed is still dropped before
+    reuse (httpcore checks an idle socket for the server's close), and TCP keep-alive probes
+    find one a network dropped silently.
+    """
+    total = request_connections + 1
+    return httpx.Limits(
+        max_connections=total, max_keepalive_connections=total, keepalive_expiry=None
+    )
+
+
+HTTP_LIMITS = http_limits()
 
 
 class _SetCookies(httpx.Cookies):
@@ -85,13 +114,28 @@ def _tcp_keepalive() -> list[tuple[int, int, int]]:
     return options
 
 
-def http_transport() -> httpx.HTTPTransport:
-    """The transport of every IBKR client: `HTTP_LIMITS` and TCP keep-alive."""
-    return httpx.HTTPTransport(limits=HTTP_LIMITS, socket_options=_tcp_keepalive())
+def http_transport(request_connections: int = DEFAULT_REQUEST_CONNECTIONS) -> httpx.HTTPTransport:
+    """The transport of every IBKR client: `http_limits`, TCP keep-alive, and the departure
+    check at each request's first write (`worker._compat`)."""
+    return departure_guarded_transport(http_limits(request_connections), _tcp_keepalive())
 
 
 # Failures that happen before any byte of the request left: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True)
+class SendBudget:
+    """Limits of one POST attempt, in monotonic seconds: it leaves before `send_by_mono` or
+    not at all, and its signed body expires no later than `lease_end_mono` (the attempt's
+    lease), so IBKR refuses it once another process may have taken the attempt over."""
+
+    send_by_mono: float
+    lease_end_mono: float
+
+
+class _NoSlot(Exception):
+    """No rate-limit slot (or token) could be had before the request's deadline."""
 
 
 class IbkrClient:
@@ -99,9 +143,10 @@ class IbkrClient:
 
     `private_key` defaults to the key in `settings.ibkr_private_key_file` (parsed once);
     `transport` replaces httpx's network transport (tests, the in-process sandbox);
-    `rate_limiter` defaults to a per-process limiter from the settings; `clock` to the system
-    clock. `throttle_retries` is how many times a 429 is waited out before THROTTLED is
-    returned.
+    `rate_limiter` defaults to a per-process limiter from the settings; `clock` is the clock
+    every process shares (`now`), the host's wall clock for what IBKR judges (`wall_now`) and
+    the monotonic one for durations. `throttle_retries` is how many 429s one call waits out;
+    `request_connections` how many requests may be on the wire at once.
     """
 
     def __init__(
@@ -113,7 +158,7 @@ class IbkrClient:
         rate_limiter: RateLimiter | None = None,
         clock: Clock | None = None,
         throttle_retries: int = DEFAULT_THROTTLE_RETRIES,
-        max_throttle_wait_s: float = DEFAULT_MAX_THROTTLE_WAIT_S,
+        request_connections: int = DEFAULT_REQUEST_CONNECTIONS,
     ) -> None:
         if not settings.ibkr_client_id:
             raise ConfigError("IBKR_CLIENT_ID is required to talk to IBKR; set it")
@@ -125,21 +170,31 @@ class IbkrClient:
         self.client_id: str = settings.ibkr_client_id
         self._clock: Clock = clock or SystemClock()
         self.throttle_retries = throttle_retries
-        self.max_throttle_wait_s = max_throttle_wait_s
-        self._signer = BodySigner(private_key, self.client_id, settings.ibkr_key_id, self._clock)
+        self.http_timeout_s = settings.http_timeout_s
+        self._signer = BodySigner(
+            private_key,
+            self.client_id,
+            settings.ibkr_key_id,
+            self._clock,
+            lifetime_s=settings.body_lifetime_s,
+        )
         self._http = _HttpClient(
             base_url=settings.ibkr_base_url,
-            transport=transport or http_transport(),
+            transport=transport or http_transport(request_connections),
             timeout=httpx.Timeout(settings.http_timeout_s),
             headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-            limits=HTTP_LIMITS,
+            limits=http_limits(request_connections),
         )
         # Absolute URLs of the paths without parameters (every POST): httpx parses a relative
         # URL and then the merged one again on every request.
         self._base = str(self._http.base_url).rstrip("/")
         self._fixed_urls: dict[str, httpx.URL] = {}
+        self._permits = threading.BoundedSemaphore(request_connections)
+        self._holding = threading.local()
+        self._token_connection = threading.Lock()
+        self._token_endpoint_key = "POST " + (urlsplit(settings.ibkr_token_url).path or "/")
         self.auth = IbkrAuth(
-            http=self._http,
+            post_form=self._post_token_form,
             token_url=settings.ibkr_token_url,
             client_id=self.client_id,
             key_id=settings.ibkr_key_id,
@@ -155,6 +210,8 @@ class IbkrClient:
             settings.rate_limit_margin_s,
             self._clock,
         )
+        #: Requests stopped before their first byte because they would have left late.
+        self.late_departures = 0
 
     def __repr__(self) -> str:
         return f"IbkrClient(client_id={self.client_id!r}, base_url={str(self._http.base_url)!r})"
@@ -176,15 +233,39 @@ class IbkrClient:
     ) -> None:
         self.close()
 
+    # --- connection permits ---------------------------------------------------------------------
+
+    @contextmanager
+    def permit(self) -> Iterator[None]:
+        """Hold one of the client's request connections (waiting for one if all are busy).
+
+        A caller that must commit something before its request (SUBMITTING) takes the permit
+        first, so nothing it commits waits for a connection afterwards. Re-entrant within a
+        thread: the calls below take it themselves when the caller did not.
+        """
+        if getattr(self._holding, "permit", False):
+            yield
+            return
+        self._permits.acquire()
+        self._holding.permit = True
+        try:
+            yield
+        finally:
+            self._holding.permit = False
+            self._permits.release()
+
     # --- calls --------------------------------------------------------------------------------
 
-    def post_instruction(self, endpoint: Endpoint, body: dict[str, Any]) -> ApiResult:
+    def post_instruction(
+        self, endpoint: Endpoint, body: dict[str, Any], budget: SendBudget | None = None
+    ) -> ApiResult:
         """POST `body` (an IBKR request with clientInstructionIds filled in) to `endpoint` as a
-        signed JWT. Raises NonAsciiBodyError for a body that cannot be signed; every API
+        signed JWT, within `budget` (default: leave within the HTTP timeout, body lifetime as
+        configured). Raises NonAsciiBodyError for a body that cannot be signed; every API
         answer (or its absence) comes back as an ApiResult."""
         if endpoint.method != "POST":
             raise ValueError(f"{endpoint.key} is not a POST endpoint")
-        return self._with_throttle_retries(endpoint, endpoint.path, body)
+        return self._call(endpoint, endpoint.path, body, budget or self._default_budget())
 
     def get_client_instruction(self, client_instruction_id: int) -> ApiResult:
         """Status of an instruction by its clientInstructionId (200, 208 for a reused id)."""
@@ -202,93 +283,198 @@ class IbkrClient:
         for name, value in path_params.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int for {endpoint.key}, got {value!r}")
-        return self._with_throttle_retries(endpoint, endpoint.url_path(**path_params), None)
+        url_path = endpoint.url_path(**path_params)
+        return self._call(endpoint, url_path, None, self._default_budget())
 
-    def _with_throttle_retries(
-        self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None
+    def _default_budget(self) -> SendBudget:
+        now = self._clock.monotonic()
+        return SendBudget(now + self.http_timeout_s, now + self._signer.lifetime_s)
+
+    def _call(
+        self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None, budget: SendBudget
     ) -> ApiResult:
-        attempt = 0
-        while True:
-            self.rate_limiter.acquire(self.client_id, endpoint.key)
-            result = self._send(endpoint, url_path, body)
-            if result.outcome is not Outcome.THROTTLED or attempt >= self.throttle_retries:
+        with self.permit():
+            new_token = signed_again = False
+            throttled = 0
+            while True:
+                result, token = self._call_once(endpoint, url_path, body, budget)
+                status = result.http_status
+                if status == 401 and not new_token:
+                    # The token was refused before anything was processed: a new one, the
+                    # body signed again, a new slot.
+                    new_token = True
+                    log.info("ibkr token refused; re-authenticating", path=endpoint.path)
+                    self.auth.invalidate(token)
+                    continue
+                if body is not None and not signed_again and _refused_signature(result):
+                    # The gateway refused the signed body itself (a clock IBKR disagrees with,
+                    # an expired body) before the backend saw it: signed afresh, sent once more.
+                    signed_again = True
+                    log.warning(
+                        "ibkr refused the signed body; signing it again",
+                        path=endpoint.path,
+                        status=status,
+                    )
+                    continue
+                if (
+                    result.outcome is Outcome.THROTTLED
+                    and throttled < self.throttle_retries
+                    and self._wait_fits(result.retry_after_s, throttled, budget)
+                ):
+                    # IBKR processed nothing: waiting and sending again cannot duplicate.
+                    wait_s = _throttle_wait_s(result.retry_after_s, throttled)
+                    throttled += 1
+                    log.warning(
+                        "ibkr api throttled; waiting",
+                        method=endpoint.method,
+                        path=endpoint.path,
+                        wait_s=wait_s,
+                        attempt=throttled,
+                    )
+                    self._clock.sleep(wait_s)
+                    continue
                 return result
-            # A 429 means IBKR processed nothing: waiting and sending again cannot duplicate.
-            wait_s = result.retry_after_s
-            if wait_s is None:
-                wait_s = float(2**attempt)
-            if wait_s > self.max_throttle_wait_s:
-                return result
-            attempt += 1
-            log.warning(
-                "ibkr api throttled; waiting",
-                method=endpoint.method,
-                path=endpoint.path,
-                wait_s=wait_s,
-                attempt=attempt,
-            )
-            self._clock.sleep(wait_s)
 
-    def _send(self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None) -> ApiResult:
-        headers: dict[str, str] = {}
-        content: bytes | None = None
-        if body is not None:
-            # Signed after the slot was granted (the caller waited), so iat/exp are current.
-            content = self._signer.sign(body).encode("ascii")
-            headers["Content-Type"] = "application/jwt"
+    def _wait_fits(self, retry_after_s: float | None, throttled: int, budget: SendBudget) -> bool:
+        wait_s = _throttle_wait_s(retry_after_s, throttled)
+        return self._clock.monotonic() + wait_s < budget.send_by_mono
+
+    def _call_once(
+        self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None, budget: SendBudget
+    ) -> tuple[ApiResult, str | None]:
+        """One request (with its own slot); returns the result and the token it carried."""
+        result, token = self._request_once(endpoint, url_path, body, budget)
+        self._log(result)
+        return result, token
+
+    def _request_once(
+        self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None, budget: SendBudget
+    ) -> tuple[ApiResult, str | None]:
+        post = body is not None
         started = time.perf_counter()
         try:
-            response = self._http.request(
-                endpoint.method,
-                self._url(endpoint, url_path),
-                content=content,
-                headers=headers,
-                auth=self.auth,
-            )
+            self._holding.token_budget = budget
+            token = self.auth.access_token()
         except AuthenticationError as error:
             # No token: nothing was sent to the /gw endpoint.
-            outcome = Outcome.TRANSIENT if error.transient else Outcome.AUTH_FAILED
+            if error.transient:
+                outcome = Outcome.NOT_SENT if post else Outcome.TRANSIENT
+            else:
+                outcome = Outcome.AUTH_FAILED
             result = no_response(
                 endpoint.method, endpoint.path, outcome, str(error), http_status=error.http_status
             )
-            self._log(result)
-            return result
+            return result, None
+        headers = {"Authorization": f"Bearer {token}"}
+        content: bytes | None = None
+        if body is not None:
+            remaining_lease_s = budget.lease_end_mono - self._clock.monotonic()
+            content = self._signer.sign(body, lifetime_s=remaining_lease_s).encode("ascii")
+            headers["Content-Type"] = "application/jwt"
+        try:
+            response = self._send_in_slot(
+                endpoint.key,
+                budget,
+                lambda: self._http.request(
+                    endpoint.method,
+                    self._url(endpoint, url_path),
+                    content=content,
+                    headers=headers,
+                ),
+            )
+        except _NoSlot as error:
+            result = no_response(
+                endpoint.method,
+                endpoint.path,
+                Outcome.NOT_SENT if post else Outcome.TRANSIENT,
+                f"{error}; nothing was sent",
+            )
+            return result, token
         except _NOT_SENT as error:
             result = no_response(
                 endpoint.method,
                 endpoint.path,
-                Outcome.TRANSIENT,
+                Outcome.NOT_SENT if post else Outcome.TRANSIENT,
                 f"could not connect to IBKR ({type(error).__name__}); nothing was sent",
                 latency_ms=_elapsed_ms(started),
             )
-            self._log(result)
-            return result
+            return result, token
         except httpx.TransportError as error:
-            # The request may have reached IBKR: for a POST the outcome is unknown (poll by
-            # clientInstructionId before sending again); a GET can simply be repeated.
-            outcome = Outcome.UNKNOWN if endpoint.method == "POST" else Outcome.TRANSIENT
+            # The request may have reached IBKR: for a POST the outcome is unknown (look it up
+            # by clientInstructionId before sending again); a GET can simply be repeated.
             result = no_response(
                 endpoint.method,
                 endpoint.path,
-                outcome,
+                Outcome.UNKNOWN if post else Outcome.TRANSIENT,
                 f"no answer from IBKR ({type(error).__name__}); the request may have been "
                 "processed",
                 latency_ms=_elapsed_ms(started),
             )
-            self._log(result)
-            return result
-        latency_ms = _elapsed_ms(started)
+            return result, token
         result = parse_response(
             endpoint.method,
             endpoint.path,
             response.status_code,
             response.content,
-            latency_ms,
+            _elapsed_ms(started),
             response.headers,
-            now=self._clock.now(),
+            now=self._clock.wall_now(),
         )
-        self._log(result)
-        return result
+        return result, token
+
+    def _send_in_slot(self, endpoint_key: str, budget: SendBudget, send: Any) -> httpx.Response:
+        """Take a rate-limit slot, wait for it, and `send()` at its time (stopped before its
+        first byte, and sent in a new slot, when it would leave more than `tolerance_s` late).
+        Raises _NoSlot when no slot can be had before `budget.send_by_mono`."""
+        limiter = self.rate_limiter
+        while True:
+            if self._clock.monotonic() >= budget.send_by_mono:
+                raise _NoSlot("the request could not leave before its deadline")
+            if not limiter.enabled:
+                response: httpx.Response = send()
+                return response
+            try:
+                slot = limiter.reserve(self.client_id, endpoint_key)
+            except Exception as error:  # noqa: BLE001 - the shared ledger is away: no slot
+                raise _NoSlot(f"no rate-limit slot ({type(error).__name__})") from None
+            wait_s = slot - self._clock.now().timestamp()
+            if self._clock.monotonic() + wait_s >= budget.send_by_mono:
+                raise _NoSlot("the next rate-limit slot comes after the request's deadline")
+            limiter.wait_until(slot)
+
+            def check(slot: float = slot, tolerance_s: float = limiter.tolerance_s) -> None:
+                if limiter.late_s(slot) > tolerance_s:
+                    raise DepartureRefused(f"{limiter.late_s(slot):.3f} s after its slot")
+
+            try:
+                check()
+                with departure_check(check):
+                    response = send()
+                return response
+            except DepartureRefused as refused:
+                self.late_departures += 1
+                log.info(
+                    "request held back: too late for its slot; taking a new one",
+                    endpoint=endpoint_key,
+                    late=str(refused),
+                )
+
+    def _post_token_form(self, url: str, form: dict[str, str]) -> httpx.Response:
+        """The token request: its own connection and its own slot (IBKR counts it), within the
+        budget of the request that needs the token."""
+        budget = getattr(self._holding, "token_budget", None) or self._default_budget()
+        with self._token_connection:
+            try:
+                return self._send_in_slot(
+                    self._token_endpoint_key,
+                    budget,
+                    lambda: self._http.post(url, data=form, headers={"Accept": "application/json"}),
+                )
+            except _NoSlot as error:
+                raise AuthenticationError(
+                    f"the IBKR token request could not be sent in time ({error}); retry later",
+                    transient=True,
+                ) from None
 
     def _url(self, endpoint: Endpoint, url_path: str) -> httpx.URL:
         if url_path != endpoint.path:  # with an id in it: parsed once, not kept
@@ -315,6 +501,19 @@ class IbkrClient:
                 if item.client_instruction_id is not None
             ][:20],
         )
+
+
+def _refused_signature(result: ApiResult) -> bool:
+    """The gateway refused the signed body (not the request's content): a 400 naming the
+    SIGNED_JWT policy, or a 401 after a fresh token (reference §3.1: a bad or expired body may
+    be answered 400 or 401)."""
+    if result.http_status == 401:
+        return True
+    return result.http_status == 400 and SIGNED_JWT_POLICY_REFUSAL in (result.error_detail or "")
+
+
+def _throttle_wait_s(retry_after_s: float | None, throttled: int) -> float:
+    return retry_after_s if retry_after_s is not None else float(2**throttled)
 
 
 def _elapsed_ms(started: float) -> float:

@@ -1,189 +1,322 @@
-"""Client-side rate limits, held in any sliding window (reference §8.1).
+"""Client-side limits held in any sliding window, as IBKR counts them (reference §8.1).
 
-IBKR allows 10 requests per second per endpoint and 600 per minute per client; a token bucket
-would let a burst on top of its refill exceed those in some window, so instead a ledger records
-the time of every granted call, and a new call gets the earliest time `t >= now` at which no
-window of 1 s (+ margin) around `t` holds N slots for its endpoint and no window of 60 s
-(+ margin) holds M slots for the client. The slot is recorded atomically, then the caller
-sleeps until `t`. :class:`SqlLedger` shares the ledger between processes and hosts.
+IBKR allows 10 requests per second per endpoint and 600 per minute per client. A token bucket
+would let a burst on top of its refill exceed those in some window. Here every limit keeps a
+ring of its latest `limit` grants: a new grant goes at the earliest time `t >= now` that is at
+least `window_s` after the grant it replaces (the limit-th latest) in every ring it joins, and
+not before the latest grant of any of them. Grants of one client are therefore in time order,
+and then "no window of `window_s` holds more than `limit` grants" is exactly "each grant is at
+least `window_s` after the limit-th one before it". A reservation reads and writes one ring
+position per limit, so its cost does not depend on the limits.
+
+`window_s` is IBKR's window plus a margin: a request leaves at its slot's time, at most
+`tolerance_s` (half the margin) late, and the other half covers the network and whatever
+delays the arrival at IBKR; a request that cannot leave in time takes a new slot
+(`worker.ibkr.client`). Slot times are seconds since the epoch on the clock every process
+shares (the database's: `worker.clock.DatabaseClock`).
+
+:class:`SqlLedger` shares the rings between processes and hosts through the database;
+:class:`SlotReserver` batches the reservations of a process's threads into one transaction.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import Engine, delete, insert, select, text
+from sqlalchemy import Engine, event, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from models.tables import RateLimitSlot
+from models.tables import RateLimitBucket, RateLimitGrant
 from worker.clock import Clock
 
 ENDPOINT_WINDOW_S = 1.0
 CLIENT_WINDOW_S = 60.0
-# Rows older than this are never needed again (longest window plus slack).
-_KEEP_S = CLIENT_WINDOW_S * 2
-_PRUNE_EVERY = 200
-# Float slack when comparing spans: `slot + window - slot` may round just below `window`.
-_EPSILON_S = 1e-6
 
 
 @dataclass(frozen=True)
 class WindowLimit:
-    """At most `limit` slots of `bucket` in any window of `window_s` seconds."""
+    """At most `limit` grants of `bucket` in any window of `window_s` seconds."""
 
     bucket: str
     limit: int
     window_s: float
 
 
-def _fits(times: Sequence[float], limit: int, window_s: float, t: float) -> bool:
-    """True when adding `t` to the sorted `times` leaves every window of `window_s` (a
-    half-open span shorter than `window_s`) with at most `limit` slots."""
-    if limit <= 0:
-        return True
-    index = bisect.bisect_left(times, t)
-    # Any violating run is `limit` existing slots plus t, consecutive in sorted order.
-    for start in range(max(0, index - limit), min(index, len(times) - limit) + 1):
-        group = times[start : start + limit]
-        if len(group) < limit:
-            continue
-        if max(group[-1], t) - min(group[0], t) < window_s - _EPSILON_S:
-            return False
-    return True
+@dataclass
+class BucketState:
+    """What a reservation needs of one ring: how many grants it holds so far, the latest one,
+    and the ring positions the reservation will overwrite (position -> grant time)."""
+
+    granted: int = 0
+    last_at: float = 0.0
+    ring: dict[int, float] = field(default_factory=dict)
 
 
-def earliest_slot(now: float, windows: Sequence[tuple[Sequence[float], WindowLimit]]) -> float:
-    """The earliest time `t >= now` at which a slot fits every window (pure).
+def positions_needed(limit: int, granted: int, count: int) -> list[int]:
+    """The ring positions the next `count` grants of a bucket overwrite (at most `limit`:
+    beyond that, a batch's later grants replace its own earlier ones)."""
+    return [(granted + i) % limit for i in range(min(count, limit))]
 
-    `windows` pairs each limit with the sorted slot times already granted in its bucket. The
-    answer is `now` or the moment some old slot leaves a window (`slot + window_s`): only at
-    those times can a blocked position become free.
-    """
-    candidates = {now}
-    for times, limit in windows:
-        if limit.limit > 0:
-            candidates.update(
-                slot + limit.window_s for slot in times if slot + limit.window_s > now
-            )
-    for t in sorted(candidates):
-        if all(_fits(times, limit.limit, limit.window_s, t) for times, limit in windows):
-            return t
-    raise AssertionError("unreachable: the latest candidate always fits")  # pragma: no cover
+
+def grant_batch(
+    now: float, batch: Sequence[Sequence[WindowLimit]], states: dict[str, BucketState]
+) -> list[float]:
+    """Grant one slot per entry of `batch` (each the limits its call must fit), in order, and
+    update `states` (pure: no I/O). `states` holds every bucket of the batch with the ring
+    positions `positions_needed` names; a position without an entry holds no grant yet."""
+    grants: list[float] = []
+    for limits in batch:
+        t = now
+        for limit in limits:
+            state = states[limit.bucket]
+            t = max(t, state.last_at)
+            replaced = state.ring.get(state.granted % limit.limit)
+            if replaced is not None:
+                t = max(t, replaced + limit.window_s)
+        for limit in limits:
+            state = states[limit.bucket]
+            state.ring[state.granted % limit.limit] = t
+            state.granted += 1
+            state.last_at = t
+        grants.append(t)
+    return grants
 
 
 class SlotLedger(Protocol):
-    """Where granted slots are recorded; `reserve` must be atomic across its users."""
+    """Where the rings live; `reserve_batch` must be atomic across all its users."""
 
-    def reserve(self, lock_key: str, limits: Sequence[WindowLimit], now: float) -> float:
-        """Record a slot at the earliest time that fits every limit and return it."""
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
+        """Grant one slot per entry of `batch` (all of one client), in order."""
 
 
 class MemoryLedger:
-    """A ledger for one process (thread-safe)."""
+    """Rings for one process (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[str, list[float]] = {}
-        self._reservations = 0
+        self._states: dict[str, BucketState] = {}
+        self.reservations = 0
 
-    def reserve(self, lock_key: str, limits: Sequence[WindowLimit], now: float) -> float:
-        del lock_key  # one lock serves the whole process
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
         with self._lock:
-            windows = []
-            for limit in limits:
-                times = self._slots.setdefault(limit.bucket, [])
-                cutoff = bisect.bisect_left(times, now - _KEEP_S)
-                if cutoff:
-                    del times[:cutoff]
-                windows.append((times, limit))
-            t = earliest_slot(now, windows)
-            for limit in limits:
-                bisect.insort(self._slots[limit.bucket], t)
-            self._reservations += 1
-            return t
-
-    def slots(self, bucket: str) -> list[float]:
-        """The slot times recorded for `bucket` (a copy, for tests)."""
-        with self._lock:
-            return list(self._slots.get(bucket, []))
-
-
-def _advisory_key(lock_key: str) -> int:
-    # pg_advisory_xact_lock takes a signed 64-bit key; a stable hash of the client id.
-    digest = hashlib.sha256(lock_key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+            for limits in batch:
+                for limit in limits:
+                    self._states.setdefault(limit.bucket, BucketState())
+            grants = grant_batch(now, batch, self._states)
+            self.reservations += len(batch)
+            return grants
 
 
 class SqlLedger:
-    """A ledger on the `rate_limit_slots` table, shared by every process using the database.
+    """Rings in `rate_limit_buckets` / `rate_limit_grants`, shared by every process using the
+    database.
 
-    PostgreSQL serialises reservations of one client with `pg_advisory_xact_lock`; SQLite
-    engines from `models.db.make_engine` begin every transaction with `BEGIN IMMEDIATE`, which
-    already serialises writers. Old rows of the client are pruned every few reservations.
+    A batch locks its buckets' rows (PostgreSQL `FOR UPDATE`, in name order so that two
+    processes never deadlock; SQLite engines from `models.db.make_engine` begin with
+    `BEGIN IMMEDIATE`, which serialises writers), reads the ring positions it overwrites,
+    and writes them back: five statements whatever the limits. The engine should be the
+    ledger's own (one connection); on PostgreSQL its transactions commit with
+    `synchronous_commit = off` (see `own_engine`).
     """
 
-    def __init__(self, engine: Engine, *, prune_every: int = _PRUNE_EVERY) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._prune_every = max(1, prune_every)
-        self._count = 0
-        self._count_lock = threading.Lock()
+        self._known_buckets: set[str] = set()
 
-    def reserve(self, lock_key: str, limits: Sequence[WindowLimit], now: float) -> float:
-        buckets = [limit.bucket for limit in limits]
-        longest = max((limit.window_s for limit in limits), default=0.0)
-        with self._count_lock:
-            self._count += 1
-            prune = self._count % self._prune_every == 0
+    @staticmethod
+    def own_engine(url: str) -> Engine:
+        """An engine for the ledger alone: one connection, not pinged (a lost connection fails
+        one batch, whose callers treat it as "no slot"), and on PostgreSQL commits that do not
+        wait for the write-ahead log to reach the disk. A database crash may then forget the
+        last few milliseconds of grants: their requests have left already and IBKR counts them,
+        so the next grants after a restart may come a little early. That window is smaller than
+        the margin, and a crash of the database stops the worker anyway; a synchronous commit
+        would cost every batch a disk flush."""
+        from models.db import make_engine
+
+        engine = make_engine(url, pool_size=1, pre_ping=False)
+        if engine.dialect.name == "postgresql":
+
+            @event.listens_for(engine, "connect")
+            def _asynchronous_commit(dbapi_connection: object, _record: object) -> None:
+                cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+                cursor.execute("SET synchronous_commit = off")
+                cursor.close()
+                dbapi_connection.commit()  # type: ignore[attr-defined]
+
+        return engine
+
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
+        limits_by_bucket: dict[str, WindowLimit] = {}
+        counts: dict[str, int] = defaultdict(int)
+        for limits in batch:
+            for limit in limits:
+                limits_by_bucket[limit.bucket] = limit
+                counts[limit.bucket] += 1
+        names = sorted(limits_by_bucket)
         with self._engine.begin() as connection:
-            if self._postgres:
+            unknown = [name for name in names if name not in self._known_buckets]
+            if unknown:
+                dialect_insert = postgresql.insert if self._postgres else sqlite.insert
                 connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _advisory_key(lock_key)}
+                    dialect_insert(RateLimitBucket)
+                    .values([{"bucket": name, "granted": 0, "last_at": 0.0} for name in unknown])
+                    .on_conflict_do_nothing(index_elements=["bucket"])
                 )
-            rows = connection.execute(
-                select(RateLimitSlot.bucket, RateLimitSlot.granted_at)
-                .where(RateLimitSlot.bucket.in_(buckets))
-                .where(RateLimitSlot.granted_at > now - longest)
-                .order_by(RateLimitSlot.granted_at)
-            ).all()
-            by_bucket: dict[str, list[float]] = {bucket: [] for bucket in buckets}
-            for bucket, granted_at in rows:
-                by_bucket[bucket].append(float(granted_at))
-            t = earliest_slot(now, [(by_bucket[limit.bucket], limit) for limit in limits])
-            connection.execute(
-                insert(RateLimitSlot), [{"bucket": bucket, "granted_at": t} for bucket in buckets]
+            query = (
+                select(RateLimitBucket.bucket, RateLimitBucket.granted, RateLimitBucket.last_at)
+                .where(RateLimitBucket.bucket.in_(names))
+                .order_by(RateLimitBucket.bucket)
             )
-            if prune:
-                connection.execute(
-                    delete(RateLimitSlot)
-                    .where(RateLimitSlot.bucket.in_(buckets))
-                    .where(RateLimitSlot.granted_at < now - _KEEP_S)
+            if self._postgres:
+                query = query.with_for_update()
+            states = {
+                name: BucketState(granted=int(granted), last_at=float(last_at))
+                for name, granted, last_at in connection.execute(query)
+            }
+            wanted = [
+                (name, position)
+                for name in names
+                for position in positions_needed(
+                    limits_by_bucket[name].limit, states[name].granted, counts[name]
                 )
-        return t
+            ]
+            for name, position, granted_at in connection.execute(
+                select(
+                    RateLimitGrant.bucket, RateLimitGrant.position, RateLimitGrant.granted_at
+                ).where(tuple_(RateLimitGrant.bucket, RateLimitGrant.position).in_(wanted))
+            ):
+                states[name].ring[int(position)] = float(granted_at)
+            before = {name: state.granted for name, state in states.items()}
+            grants = grant_batch(now, batch, states)
+            written = [
+                {"bucket": name, "position": position, "granted_at": states[name].ring[position]}
+                for name in names
+                for position in positions_needed(
+                    limits_by_bucket[name].limit, before[name], counts[name]
+                )
+            ]
+            dialect_insert = postgresql.insert if self._postgres else sqlite.insert
+            upsert = dialect_insert(RateLimitGrant).values(written)
+            connection.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["bucket", "position"],
+                    set_={"granted_at": upsert.excluded.granted_at},
+                )
+            )
+            for name in names:
+                connection.execute(
+                    update(RateLimitBucket)
+                    .where(RateLimitBucket.bucket == name)
+                    .values(granted=states[name].granted, last_at=states[name].last_at)
+                )
+        self._known_buckets.update(names)
+        return grants
 
 
-def endpoint_bucket(client_id: str, endpoint_key: str) -> str:
-    """`endpoint:<client>:<METHOD> <path template>`."""
-    return f"endpoint:{client_id}:{endpoint_key}"
+def endpoint_bucket(client_id: str, endpoint_key: str, limit: int, window_s: float) -> str:
+    """`endpoint:<client>:<METHOD> <path template>:<limit>/<window>s`."""
+    return f"endpoint:{client_id}:{endpoint_key}:{limit}/{window_s:g}s"
 
 
-def client_bucket(client_id: str) -> str:
-    """`client:<client>`."""
-    return f"client:{client_id}"
+def client_bucket(client_id: str, limit: int, window_s: float) -> str:
+    """`client:<client>:<limit>/<window>s`."""
+    return f"client:{client_id}:{limit}/{window_s:g}s"
 
 
-# A thread that keeps waking up late gives up on a fresh slot after this many (and goes).
-MAX_LATE_RESERVATIONS = 5
+class _Pending:
+    """One reservation handed to the reserver thread; the caller waits on `_latch`."""
+
+    __slots__ = ("_latch", "error", "limits", "result")
+
+    def __init__(self, limits: Sequence[WindowLimit]) -> None:
+        self.limits = limits
+        self.result: float | None = None
+        self.error: BaseException | None = None
+        self._latch = threading.Lock()
+        self._latch.acquire()
+
+    def wait(self) -> float:
+        self._latch.acquire()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    def done(self) -> None:
+        self._latch.release()
+
+
+class SlotReserver:
+    """Batches the reservations of a process's threads: one thread takes every reservation
+    waiting at that moment and makes them, per client, in one ledger transaction. Nothing waits
+    for a batch to fill. `now` is read when the batch starts (the shared clock)."""
+
+    def __init__(self, ledger: SlotLedger, now: Callable[[], float]) -> None:
+        self._ledger = ledger
+        self._now = now
+        self._queue: list[tuple[str, _Pending]] = []
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.batches = 0
+
+    def reserve(self, lock_key: str, limits: Sequence[WindowLimit]) -> float:
+        """The slot time granted for one call that must fit `limits` (`lock_key`: the client)."""
+        pending = _Pending(limits)
+        with self._condition:
+            if self._stopped:
+                raise RuntimeError("the rate limiter is stopped; no more slots are granted")
+            self._queue.append((lock_key, pending))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rate-limit-reserver", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+        return pending.wait()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._stopped:
+                    self._condition.wait()
+                taken, self._queue = self._queue, []
+                if not taken and self._stopped:
+                    return
+            by_key: dict[str, list[_Pending]] = defaultdict(list)
+            for key, pending in taken:
+                by_key[key].append(pending)
+            for group in by_key.values():
+                try:
+                    grants = self._ledger.reserve_batch(
+                        [pending.limits for pending in group], self._now()
+                    )
+                except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
+                    for pending in group:
+                        pending.error = error
+                        pending.done()
+                    continue
+                self.batches += 1
+                for pending, grant in zip(group, grants, strict=True):
+                    pending.result = grant
+                    pending.done()
 
 
 class RateLimiter:
     """Grants call slots: at most `per_endpoint` calls per second per endpoint and
-    `per_minute` calls per minute per client in any sliding window widened by `margin_s`
-    seconds (0 lifts a limit). `acquire` blocks (on `clock`) until the slot's time."""
+    `per_minute` calls per minute per client, in any window widened by `margin_s` seconds
+    (0 lifts a limit). Slots are epoch seconds on `clock` (the shared clock)."""
 
     def __init__(
         self,
@@ -201,52 +334,56 @@ class RateLimiter:
         self.margin_s = margin_s
         self._clock = clock
         self._on_wait = on_wait
+        self._reserver = SlotReserver(ledger, lambda: self._clock.now().timestamp())
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_endpoint > 0 or self.per_minute > 0
+
+    @property
+    def tolerance_s(self) -> float:
+        """How late after its slot a call may still leave (half the margin)."""
+        return self.margin_s / 2
 
     def limits(self, client_id: str, endpoint_key: str) -> list[WindowLimit]:
         """The windows a call of `client_id` to `endpoint_key` must fit (limits of 0 left out)."""
         limits = []
         if self.per_endpoint > 0:
+            window = ENDPOINT_WINDOW_S + self.margin_s
             limits.append(
                 WindowLimit(
-                    endpoint_bucket(client_id, endpoint_key),
+                    endpoint_bucket(client_id, endpoint_key, self.per_endpoint, window),
                     self.per_endpoint,
-                    ENDPOINT_WINDOW_S + self.margin_s,
+                    window,
                 )
             )
         if self.per_minute > 0:
+            window = CLIENT_WINDOW_S + self.margin_s
             limits.append(
                 WindowLimit(
-                    client_bucket(client_id), self.per_minute, CLIENT_WINDOW_S + self.margin_s
+                    client_bucket(client_id, self.per_minute, window), self.per_minute, window
                 )
             )
         return limits
 
-    def acquire(self, client_id: str, endpoint_key: str) -> float:
-        """Reserve the earliest slot for one call and wait until it comes.
-
-        Returns the slot time in epoch seconds; `endpoint_key` is `METHOD /path/template`.
-        """
+    def reserve(self, client_id: str, endpoint_key: str) -> float:
+        """Reserve the earliest slot for one call (not waiting for it); returns its time."""
         limits = self.limits(client_id, endpoint_key)
-        now = self._clock.now().timestamp()
         if not limits:
-            return now
-        slot = self.ledger.reserve(client_id, limits, now)
-        for _ in range(MAX_LATE_RESERVATIONS):
-            delay_s = slot - self._clock.now().timestamp()
-            if delay_s > 0:
-                if self._on_wait is not None:
-                    self._on_wait(delay_s)
-                self._clock.sleep(delay_s)
-            late_s = self._clock.now().timestamp() - slot
-            if late_s <= self.late_tolerance_s:
-                break
-            # Woke up late (a busy host): sent now, this call could land in the next window
-            # with that window's own calls. Take a fresh slot from now; the late one stays
-            # recorded, which only over-counts.
-            slot = self.ledger.reserve(client_id, limits, self._clock.now().timestamp())
-        return slot
+            return self._clock.now().timestamp()
+        return self._reserver.reserve(client_id, limits)
 
-    @property
-    def late_tolerance_s(self) -> float:
-        """How late after its slot a call may still go out (half the margin)."""
-        return self.margin_s / 2
+    def wait_until(self, slot: float) -> None:
+        """Sleep until the slot's time (on the shared clock)."""
+        delay_s = slot - self._clock.now().timestamp()
+        if delay_s > 0:
+            if self._on_wait is not None:
+                self._on_wait(delay_s)
+            self._clock.sleep(delay_s)
+
+    def late_s(self, slot: float) -> float:
+        """How late a call leaving now would be for `slot` (negative: early)."""
+        return self._clock.now().timestamp() - slot
+
+    def close(self) -> None:
+        self._reserver.stop()

@@ -33,6 +33,8 @@ class Outcome(enum.StrEnum):
     THROTTLED = "THROTTLED"  # 429: nothing was processed; retry after `retry_after_s`
     TRANSIENT = "TRANSIENT"  # 5xx, other unexpected codes, or not sent at all (retryable)
     UNKNOWN = "UNKNOWN"  # sent, but no response arrived (timeout, reset): outcome uncertain
+    NOT_SENT = "NOT_SENT"  # a POST that never left (no connection, no slot in time): nothing
+    # reached IBKR, so nothing can register
     AUTH_FAILED = "AUTH_FAILED"  # 401 after re-authentication, or a gateway 403
 
 

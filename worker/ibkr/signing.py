@@ -22,11 +22,14 @@ from worker import jsontext
 from worker.clock import Clock
 
 ALGORITHM = "RS256"
-# Body lifetime (exp - iat): working clients use 300 s to 1000 s (reference §3.1).
+# Body lifetime (exp - now): working clients use 300 s to 1000 s (reference §3.1).
 DEFAULT_BODY_LIFETIME_S = 300
 # Client assertion: exp = now + 60 s, iat = now - 10 s for clock skew (reference §2.2).
 DEFAULT_ASSERTION_LIFETIME_S = 60
 ASSERTION_SKEW_S = 10
+# A signed body's iat is set this far in the past, as the assertion's is: a host clock a little
+# ahead of IBKR's must not make IBKR see a body issued in the future.
+BODY_IAT_BACKDATE_S = 10
 
 _JWS = PyJWS()
 
@@ -112,8 +115,10 @@ def _headers(key_id: str) -> dict[str, str]:
 class BodySigner:
     """Turns a request body into the compact JWS IBKR expects for SIGNED_JWT operations.
 
-    The payload is the body with `iss` (client id), `iat` and `exp` (epoch seconds from
-    `clock`) merged at the top level; `lifetime_s` is `exp - iat` in seconds.
+    The payload is the body with `iss` (client id), `iat` and `exp` merged at the top level, in
+    epoch seconds of the host's wall clock (`clock.wall_now()`: IBKR judges them against its
+    own clock). `iat` is `BODY_IAT_BACKDATE_S` in the past; `exp` is `lifetime_s` after now
+    (default 300 s), or sooner when `sign` is told so.
     """
 
     def __init__(
@@ -123,7 +128,7 @@ class BodySigner:
         key_id: str,
         clock: Clock,
         *,
-        lifetime_s: int = DEFAULT_BODY_LIFETIME_S,
+        lifetime_s: float = DEFAULT_BODY_LIFETIME_S,
     ) -> None:
         self._private_key = private_key
         self.client_id = client_id
@@ -134,14 +139,17 @@ class BodySigner:
     def __repr__(self) -> str:
         return f"BodySigner(client_id={self.client_id!r}, key_id={self.key_id!r})"
 
-    def payload_bytes(self, body: dict[str, Any]) -> bytes:
-        """The exact JSON bytes that get signed for `body` (claims merged, Decimals exact)."""
-        issued_at = int(self._clock.now().timestamp())
+    def payload_bytes(self, body: dict[str, Any], *, lifetime_s: float | None = None) -> bytes:
+        """The exact JSON bytes that get signed for `body` (claims merged, Decimals exact).
+        `lifetime_s`: seconds from now to `exp` (default `self.lifetime_s`; never more)."""
+        now = self._clock.wall_now().timestamp()
+        lifetime = self.lifetime_s if lifetime_s is None else min(lifetime_s, self.lifetime_s)
         payload = {
             **body,
             "iss": self.client_id,
-            "iat": issued_at,
-            "exp": issued_at + self.lifetime_s,
+            "iat": int(now) - BODY_IAT_BACKDATE_S,
+            # Rounded down: a body never lives longer than it was allowed to.
+            "exp": int(now + max(lifetime, 0.0)),
         }
         text = jsontext.dumps(payload)
         # The text escapes every non-ASCII character as \uXXXX, so without an escape there is
@@ -155,13 +163,14 @@ class BodySigner:
                 )
         return text.encode("ascii")
 
-    def sign(self, body: dict[str, Any]) -> str:
-        """The compact JWS (`header.payload.signature`) carrying `body`.
+    def sign(self, body: dict[str, Any], *, lifetime_s: float | None = None) -> str:
+        """The compact JWS (`header.payload.signature`) carrying `body`, expiring `lifetime_s`
+        seconds from now (default and upper bound: the signer's lifetime).
 
         Raises NonAsciiBodyError when the body holds non-ASCII text.
         """
         return _JWS.encode(
-            self.payload_bytes(body),
+            self.payload_bytes(body, lifetime_s=lifetime_s),
             self._private_key,
             algorithm=ALGORITHM,
             headers=_headers(self.key_id),
@@ -180,7 +189,7 @@ def client_assertion(
 ) -> str:
     """The `private_key_jwt` client assertion for the token request (reference §2.2):
     iss = sub = client id, aud = `audience`, exp = now + `lifetime_s`, iat = now - `skew_s`."""
-    now = int(clock.now().timestamp())
+    now = int(clock.wall_now().timestamp())
     claims = {
         "iss": client_id,
         "sub": client_id,

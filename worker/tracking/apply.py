@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,26 +20,74 @@ from worker.ibkr.responses import ApiResult
 from worker.logging import mask_bank_details
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
-from worker.tracking.decisions import Action, Decision, Tracked
+from worker.tracking.decisions import (
+    APPLIED_TWICE_CODE,
+    Action,
+    AttemptFate,
+    Decision,
+    Tracked,
+    business_content,
+)
 from worker.tracking.record import (
     ApiCall,
     after_commit,
     append_audit,
     change_status,
+    emit_event,
     insert_at_commit,
     mark_overdue,
     transaction_info,
 )
 
 
-def tracked_of(row: ClientInstruction) -> Tracked:
+def tracked_of(row: ClientInstruction, *, with_content: bool = False) -> Tracked:
+    """What the decisions need of `row` (and its submission); `with_content`: also what the
+    request moves (read from the stored body), to compare with a transaction IBKR shows."""
+    submission = row.submission
+    expected = None
+    if with_content and submission is not None:
+        member = stored_member(submission, row.position)
+        expected = business_content(member) if member is not None else None
     return Tracked(
         client_instruction_id=row.client_instruction_id,
         instruction_type=row.instruction_type,
         status=row.status,
         attempt_count=row.attempt_count,
         instruction_set_id=row.instruction_set_id,
+        inflight_until=submission.inflight_until if submission is not None else None,
+        absent_since=submission.absent_since if submission is not None else None,
+        sent_attempts=submission.sent_attempts if submission is not None else 0,
+        instruction_id=row.instruction_id,
+        applied_twice=row.applied_twice_at is not None,
+        expected=expected,
     )
+
+
+def stored_member(submission: Submission, position: int) -> dict[str, Any] | None:
+    """The instruction object at `position` of the submission's stored body, or None."""
+    body = jsontext.loads(submission.request_json)
+    if not isinstance(body, dict):
+        return None
+    member = body["instructions"][position] if submission.is_bulk else body.get("instruction")
+    return member if isinstance(member, dict) else None
+
+
+def settle_attempt(
+    submission: Submission, decision: Decision, now: datetime, *, answer_to_post: bool
+) -> None:
+    """Record on the submission what `decision` shows about its latest attempt, once per
+    answer (not per member): an attempt that registered or was refused outright closes (a new
+    one may begin); one whose answer is unknown stays open until IBKR is seen not to know it.
+    `answer_to_post`: the answer to the POST itself (counts the attempts that left)."""
+    fate = decision.fate
+    if answer_to_post and fate is not AttemptFate.NOT_REGISTERED:
+        submission.sent_attempts = (submission.sent_attempts or 0) + 1
+    if fate in (AttemptFate.REGISTERED, AttemptFate.NOT_REGISTERED):
+        submission.inflight_until = None
+        submission.absent_since = None
+    if decision.absent_since is not None:
+        submission.absent_since = decision.absent_since
+    submission.updated_at = now
 
 
 def api_call_of(result: ApiResult) -> ApiCall:
@@ -56,11 +105,8 @@ def scheduled_for(submission: Submission | None, row: ClientInstruction) -> date
     """The `dateTimeToOccur` of a scheduled instruction, if any (deadlines count from it)."""
     if submission is None:
         return None
-    body = jsontext.loads(submission.request_json)
-    member = (
-        body.get("instruction") if not submission.is_bulk else body["instructions"][row.position]
-    )
-    raw = member.get("dateTimeToOccur") if isinstance(member, dict) else None
+    member = stored_member(submission, row.position)
+    raw = member.get("dateTimeToOccur") if member is not None else None
     if not raw:
         return None
     try:
@@ -75,6 +121,8 @@ def next_look_at(
     """When to look at `row` again after `decision` (None: never, it is final)."""
     if decision.action is Action.DONE:
         return None
+    if decision.look_at is not None:
+        return spread_past_downtime(ctx, decision.look_at)
     if decision.action is Action.POLL:
         bulk = row.submission.is_bulk if row.submission is not None else False
         profile = backoff.profile_for(row.instruction_type, ctx.settings.poll, bulk=bulk)
@@ -255,6 +303,7 @@ def apply_decision(
 ) -> None:
     """Record `decision` about `row` (already locked/leased by the caller's transaction)."""
     api = api_call_of(result) if result is not None else None
+    was_final = row.final_at is not None
     # IBKR's view first: its look-ups flush whatever is pending, and the row has no change
     # pending yet, so all of its changes below go out as one UPDATE at commit.
     set_id = row.instruction_set_id
@@ -320,6 +369,8 @@ def apply_decision(
             api=api,
             details=details,
         )
+    if decision.applied_twice is not None and row.applied_twice_at is None:
+        record_applied_twice(session, ctx, row, decision, api=api, now=now)
     if (
         row.deadline_at is not None
         and row.overdue_at is None
@@ -328,3 +379,59 @@ def apply_decision(
     ):
         mark_overdue(session, row, actor=ctx.actor, now=now)
         row.next_poll_at = next_look_at(ctx, row, decision, now)
+    if not was_final and row.final_at is not None and needs_second_look(row):
+        # Two attempts of ours left: one more look once any straggler would have registered,
+        # so that a second transaction shows (a 208) even after the first answer was final.
+        row.next_poll_at = now + timedelta(seconds=second_look_delay_s(ctx))
+
+
+def needs_second_look(row: ClientInstruction) -> bool:
+    """A final instruction two of whose attempts left, not yet known to have moved twice."""
+    submission = row.submission
+    return (
+        submission is not None
+        and (submission.sent_attempts or 0) >= 2
+        and row.applied_twice_at is None
+        and row.status != "FAILED"
+    )
+
+
+def second_look_delay_s(ctx: TrackingContext) -> float:
+    """How long after a final answer the second look of `needs_second_look` comes: past the
+    longest an attempt may still register (IBKR_INFLIGHT_HORIZON_S + IBKR_MAX_CLOCK_SKEW_S)."""
+    return ctx.settings.inflight_horizon_s + ctx.settings.max_clock_skew_s
+
+
+def record_applied_twice(
+    session: Session,
+    ctx: TrackingContext,
+    row: ClientInstruction,
+    decision: Decision,
+    *,
+    api: ApiCall | None,
+    now: datetime,
+) -> None:
+    """Say loudly that the money may have moved twice: APPLIED_TWICE in the status, an audit
+    entry naming both transactions, an `instruction.applied_twice` event and the metric."""
+    details = decision.applied_twice or {}
+    row.applied_twice_at = now
+    row.error_code = APPLIED_TWICE_CODE
+    row.error_message = (
+        f"IBKR shows more than one transaction of ours under clientInstructionId "
+        f"{row.client_instruction_id}: {jsontext.dumps(details)}. The money may have moved "
+        "twice: check both transactions at IBKR and reverse the extra one."
+    )
+    row.updated_at = now
+    append_audit(
+        session,
+        row,
+        from_status=row.status,
+        to_status=row.status,
+        reason="APPLIED TWICE: " + decision.reason,
+        actor=ctx.actor,
+        now=now,
+        api=api,
+        details={"appliedTwice": details},
+    )
+    emit_event(session, row, event="applied_twice", now=now)
+    after_commit(session, partial(ctx.observer.applied_twice, row.instruction_type))

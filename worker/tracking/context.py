@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.clock import Clock
 from worker.config import Settings
+from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint
 from worker.ibkr.responses import ApiResult
 
@@ -17,7 +19,14 @@ from worker.ibkr.responses import ApiResult
 class IbkrApi(Protocol):
     """The calls tracking makes (implemented by `worker.ibkr.client.IbkrClient`)."""
 
-    def post_instruction(self, endpoint: Endpoint, body: dict[str, Any]) -> ApiResult: ...
+    def permit(self) -> AbstractContextManager[None]:
+        """Hold a request connection: taken before SUBMITTING is committed, so the POST that
+        follows never waits for one."""
+        ...
+
+    def post_instruction(
+        self, endpoint: Endpoint, body: dict[str, Any], budget: SendBudget | None = None
+    ) -> ApiResult: ...
 
     def get_client_instruction(self, client_instruction_id: int) -> ApiResult: ...
 
@@ -31,12 +40,17 @@ class Observer(Protocol):
 
     def status_changed(self, instruction_type: str, to_status: str) -> None: ...
 
+    def applied_twice(self, instruction_type: str) -> None: ...
+
 
 class NullObserver:
     def api_call(self, result: ApiResult) -> None:
         return None
 
     def status_changed(self, instruction_type: str, to_status: str) -> None:
+        return None
+
+    def applied_twice(self, instruction_type: str) -> None:
         return None
 
 

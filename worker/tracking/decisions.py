@@ -7,7 +7,10 @@ record, and the next step (done, poll, resolve a lost answer, resend, retry afte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +23,11 @@ CONFLICT_CODE = "CLIENT_INSTRUCTION_ID_CONFLICT"
 DUPLICATE_REQUEST_CODE = "DUPLICATE_CLIENT_INSTRUCTION_ID"
 INVALID_REQUEST_CODE = "INVALID_REQUEST"
 INVALID_ARGUMENT_CODE = "INVALID_ARGUMENT"
+DUPLICATE_MESSAGE_CODE = "DUPLICATE_MESSAGE_ID"
+APPLIED_TWICE_CODE = "APPLIED_TWICE"
+#: How far apart in time two 404s must be before IBKR's not knowing an id counts (after the
+#: last attempt's in-flight horizon): one answer may come from a view that lags behind.
+ABSENCE_CONFIRM_GAP_S = 5.0
 
 
 class Action(StrEnum):
@@ -32,15 +40,37 @@ class Action(StrEnum):
     RETRY = "retry"  # an error (429, 5xx, lost answer) interrupted a look: look again later
 
 
+class AttemptFate(StrEnum):
+    """What an answer shows about the latest attempt to send the instruction."""
+
+    UNCHANGED = "unchanged"  # nothing new about it (a poll of an instruction IBKR has)
+    OPEN = "open"  # it may still register: its answer is unknown (lost, 5xx, ...)
+    REGISTERED = "registered"  # IBKR has a transaction for it
+    NOT_REGISTERED = "not_registered"  # it never left, or IBKR refused it before registering
+
+
 @dataclass(frozen=True)
 class Tracked:
-    """What we know of one client instruction when an answer arrives."""
+    """What we know of one client instruction when an answer arrives.
+
+    `inflight_until`: until when the latest attempt may still register at IBKR (None: no
+    attempt is open); `absent_since`: when IBKR was first seen not to know the id after that;
+    `sent_attempts`: attempts that left and were not refused outright (two of them may both
+    have registered); `expected`: the business content of our request (accounts, amount,
+    currency, asset), to tell our transaction from another's under the same id.
+    """
 
     client_instruction_id: int
     instruction_type: str
     status: str
     attempt_count: int
     instruction_set_id: int | None = None
+    inflight_until: datetime | None = None
+    absent_since: datetime | None = None
+    sent_attempts: int = 0
+    instruction_id: int | None = None
+    applied_twice: bool = False
+    expected: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,14 @@ class Decision:
     is_error: bool = False
     processed_timestamp: str | None = None
     extra_audit: dict[str, Any] = field(default_factory=dict)
+    #: What this answer shows about the latest attempt (see AttemptFate).
+    fate: AttemptFate = AttemptFate.UNCHANGED
+    #: Look again exactly then (instead of the cadence the action implies).
+    look_at: datetime | None = None
+    #: Record that IBKR does not know the id (first 404 after the attempt's horizon).
+    absent_since: datetime | None = None
+    #: IBKR shows two transactions of ours under the id: what it shows (for the audit).
+    applied_twice: dict[str, Any] | None = None
 
 
 def same_intent(stored_request_json: str, new_request_json: str) -> bool:
@@ -143,6 +181,13 @@ def _http(result: ApiResult) -> str:
 
 def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Decision:
     """Decide from the answer to our POST of this instruction (attempt `tracked.attempt_count`)."""
+    decision = _after_submit(tracked, result, position)
+    if decision.fate is AttemptFate.UNCHANGED:
+        decision = replace(decision, fate=AttemptFate.REGISTERED)
+    return decision
+
+
+def _after_submit(tracked: Tracked, result: ApiResult, position: int) -> Decision:
     outcome = result.outcome
     item = member_result(result, tracked.client_instruction_id, position)
     if outcome in (Outcome.FINAL, Outcome.ACCEPTED):
@@ -172,7 +217,8 @@ def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Deci
             return _duplicate_post(tracked, result, item)
         return _rejected(result, item)
     if outcome is Outcome.INVALID:
-        return _invalid(result, item)
+        # Refused as a whole (400, 413): nothing was registered.
+        return replace(_invalid(result, item), fate=AttemptFate.NOT_REGISTERED)
     if outcome is Outcome.THROTTLED:
         # A 429 means IBKR processed nothing: the same body may go again after the wait.
         return Decision(
@@ -180,6 +226,7 @@ def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Deci
             "IBKR answered 429 (too many requests); sending again after the wait",
             retry_after_s=result.retry_after_s,
             is_error=True,
+            fate=AttemptFate.NOT_REGISTERED,
         )
     if outcome is Outcome.AUTH_FAILED:
         return Decision(
@@ -188,6 +235,15 @@ def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Deci
             f"{result.error_detail or 'no detail'}); "
             "nothing was processed, sending again later",
             is_error=True,
+            fate=AttemptFate.NOT_REGISTERED,
+        )
+    if outcome is Outcome.NOT_SENT:
+        return Decision(
+            Action.RESEND,
+            f"attempt {tracked.attempt_count} never left ({result.error_detail or 'not sent'}); "
+            "nothing reached IBKR, sending again shortly",
+            is_error=True,
+            fate=AttemptFate.NOT_REGISTERED,
         )
     if outcome is Outcome.UNKNOWN:
         return Decision(
@@ -195,6 +251,7 @@ def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Deci
             "the answer to our POST was lost (timeout or broken connection); "
             "asking IBKR whether it got the instruction",
             is_error=True,
+            fate=AttemptFate.OPEN,
         )
     # 5xx, 404 or anything unexpected on a POST: IBKR may or may not have applied it.
     return Decision(
@@ -202,6 +259,7 @@ def after_submit(tracked: Tracked, result: ApiResult, position: int = 0) -> Deci
         f"IBKR answered {_http(result)} ({result.error_detail or 'no detail'}); the outcome is "
         "uncertain, asking IBKR whether it got the instruction",
         is_error=True,
+        fate=AttemptFate.OPEN,
     )
 
 
@@ -219,11 +277,15 @@ def _duplicate_post(tracked: Tracked, result: ApiResult, item: InstructionResult
             instruction_set_id=None,
             ibkr_status=item.status,
             extra_audit={"rejectedInstructionSetId": result.instruction_set_id},
+            fate=AttemptFate.NOT_REGISTERED,
         )
+    # This attempt was refused, an earlier one of ours registered: the lookup finds it (the
+    # attempt stays open until it does, so nothing is sent meanwhile).
     return Decision(
         Action.RESOLVE,
         f"IBKR answered {DUPLICATE_POST_CODE} to attempt {tracked.attempt_count}: an earlier "
         "attempt of ours landed; asking for its status",
+        fate=AttemptFate.OPEN,
     )
 
 
@@ -257,15 +319,65 @@ def _invalid(result: ApiResult, item: InstructionResult | None) -> Decision:
     )
 
 
+#: Fields of a request that say what it moves, compared when IBKR's answer carries them.
+_BUSINESS_FIELDS = (
+    "sourceAccountId",
+    "targetAccountId",
+    "accountId",
+    "amount",
+    "currency",
+    "conid",
+    "transferQuantity",
+    "quantity",
+    "direction",
+)
+
+
+def business_content(member: Mapping[str, Any]) -> dict[str, Any]:
+    """What a request member moves (accounts, amount, currency, asset), for `business_mismatch`."""
+    content = {key: member[key] for key in _BUSINESS_FIELDS if member.get(key) is not None}
+    instrument = member.get("tradingInstrument")
+    if isinstance(instrument, Mapping) and instrument.get("conid") is not None:
+        content["conid"] = instrument["conid"]
+    return content
+
+
+def business_mismatch(expected: Mapping[str, Any] | None, item: InstructionResult) -> list[str]:
+    """The fields of `expected` (our request's business content) that IBKR's result carries
+    with another value: `["amount 50 (ours 123.45)", ...]`; empty when nothing disagrees."""
+    if not expected:
+        return []
+    found = business_content(item.extra)
+    return [
+        f"{key} {found[key]} (ours {expected[key]})"
+        for key in _BUSINESS_FIELDS
+        if key in expected and key in found and not _same_value(expected[key], found[key])
+    ]
+
+
+def _same_value(ours: Any, theirs: Any) -> bool:
+    if isinstance(ours, bool) or isinstance(theirs, bool):
+        return ours is theirs
+    if isinstance(ours, int | float | Decimal) or isinstance(theirs, int | float | Decimal):
+        try:
+            return Decimal(str(ours)) == Decimal(str(theirs))
+        except (InvalidOperation, ValueError):
+            return False
+    return str(ours).strip() == str(theirs).strip()
+
+
 def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool) -> Decision:
     """A status answer (200 or 208) about our clientInstructionId: is the transaction it
-    describes ours?
+    describes ours, and is it the only one of ours?
 
-    Same instructionSetId as recorded at submission: ours, adopt it. Another one: the id belongs
-    to another transaction, CONFLICT (its status is never adopted). None recorded (the submit
-    answer was lost): a 208 after our only POST is another system's transaction, CONFLICT;
-    otherwise adopt only when the instructionType is ours and no other local instruction claims
-    that set (after several POSTs of ours the first transaction may be our own duplicate).
+    A 208 (several transactions hold the id; it describes the first) after two or more
+    attempts of ours left: money may have moved twice, said loudly (APPLIED_TWICE), never hidden
+    behind the first answer. Otherwise: same instructionSetId as recorded at submission, ours,
+    adopt it; another one: the id belongs to another transaction, CONFLICT (its status is never
+    adopted). None recorded (the submit answer was lost): a 208 after our only POST is another
+    system's transaction, CONFLICT; otherwise adopt only when the instructionType and every
+    business field IBKR shows (accounts, amount, currency, asset) are ours and no other local
+    instruction claims that set.
     """
     item = member_result(result, tracked.client_instruction_id, 0)
     their_set = result.instruction_set_id
@@ -280,6 +392,8 @@ def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool)
             f"IBKR answered {what} without an instruction result; looking again later",
             is_error=True,
         )
+    if result.outcome is Outcome.DUPLICATE and tracked.sent_attempts >= 2:
+        return _applied_twice(tracked, result, item, their_set, what)
     if tracked.instruction_set_id is not None:
         if their_set == tracked.instruction_set_id:
             return adopt(
@@ -305,7 +419,8 @@ def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool)
     type_matches = (
         item.instruction_type is None or item.instruction_type.upper() == tracked.instruction_type
     )
-    if type_matches and not set_owned_elsewhere:
+    mismatch = business_mismatch(tracked.expected, item)
+    if type_matches and not mismatch and not set_owned_elsewhere:
         return adopt(
             item,
             their_set,
@@ -314,12 +429,54 @@ def reconcile(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool)
             f"({item.instruction_type or tracked.instruction_type}) is claimed by no other "
             "instruction of ours",
         )
-    why = (
-        f"its instructionType {item.instruction_type} is not ours ({tracked.instruction_type})"
-        if not type_matches
-        else f"instructionSetId {their_set} is already claimed by another instruction of ours"
-    )
+    if not type_matches:
+        why = (
+            f"its instructionType {item.instruction_type} is not ours ({tracked.instruction_type})"
+        )
+    elif mismatch:
+        why = "it moves something else: " + ", ".join(mismatch)
+    else:
+        why = f"instructionSetId {their_set} is already claimed by another instruction of ours"
     return _conflict(tracked, their_set, what, why)
+
+
+def _applied_twice(
+    tracked: Tracked,
+    result: ApiResult,
+    item: InstructionResult,
+    their_set: int | None,
+    what: str,
+) -> Decision:
+    """Two of our attempts left and IBKR reports several transactions under our id."""
+    ours = tracked.instruction_set_id
+    details = {
+        "clientInstructionId": tracked.client_instruction_id,
+        "firstTransaction": {"instructionSetId": their_set, "instructionId": item.instruction_id},
+        "ourRecordedTransaction": {
+            "instructionSetId": ours,
+            "instructionId": tracked.instruction_id,
+        },
+        "attemptsSent": tracked.sent_attempts,
+    }
+    reason = (
+        f"IBKR answered {what} after {tracked.sent_attempts} of our attempts left: more than one "
+        f"transaction holds clientInstructionId {tracked.client_instruction_id} (the first is "
+        f"instructionSetId {their_set}"
+        + (f", ours recorded {ours}" if ours is not None and ours != their_set else "")
+        + "); the money may have moved twice"
+    )
+    flag = None if tracked.applied_twice else details
+    if ours is None or ours == their_set:
+        # The first transaction is ours (or the only one we can know): keep following it.
+        decision = adopt(item, their_set, result.http_status, reason)
+        return replace(decision, applied_twice=flag, extra_audit={"appliedTwice": details})
+    # Ours is another one: keep following ours (by its set), never adopt the first's status.
+    return Decision(
+        Action.POLL,
+        reason,
+        applied_twice=flag,
+        extra_audit={"appliedTwice": details},
+    )
 
 
 def _conflict(tracked: Tracked, their_set: int | None, what: str, why: str) -> Decision:
@@ -339,18 +496,34 @@ def _conflict(tracked: Tracked, their_set: int | None, what: str, why: str) -> D
     )
 
 
-def after_lookup(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bool) -> Decision:
-    """Decide from `GET /client-instructions/{id}` (a poll, or the resolution of a lost answer)."""
+def after_lookup(
+    tracked: Tracked,
+    result: ApiResult,
+    *,
+    set_owned_elsewhere: bool,
+    looked_at: datetime | None = None,
+    now: datetime | None = None,
+    decides_attempt: bool = True,
+) -> Decision:
+    """Decide from `GET /client-instructions/{id}` (a poll, or the resolution of a lost answer).
+
+    `looked_at`: the earliest the GET can have left (the claim of the row; on the shared
+    clock); `now`: when the answer is recorded. A 404 about an instruction whose latest
+    attempt may still register (`tracked.inflight_until`) proves nothing until that time has
+    passed; after it, two 404s `ABSENCE_CONFIRM_GAP_S` apart let the same body go again.
+    `decides_attempt` False: a later member of a bulk request, whose first member's answer
+    decides what became of the POST (a 404 for it alone proves nothing).
+    """
     outcome = result.outcome
+    sending = tracked.status in ("RECEIVED", "SUBMITTING")
     if outcome in (Outcome.ACCEPTED, Outcome.FINAL, Outcome.DUPLICATE):
-        return reconcile(tracked, result, set_owned_elsewhere=set_owned_elsewhere)
+        decision = reconcile(tracked, result, set_owned_elsewhere=set_owned_elsewhere)
+        if sending:
+            decision = replace(decision, fate=AttemptFate.REGISTERED)
+        return decision
     if outcome is Outcome.NOT_FOUND:
-        if tracked.status in ("RECEIVED", "SUBMITTING"):
-            return Decision(
-                Action.RESEND,
-                f"IBKR does not know clientInstructionId {tracked.client_instruction_id} (404): "
-                "it never got our POST; sending the same body again",
-            )
+        if sending and decides_attempt:
+            return _absent(tracked, looked_at, now)
         return Decision(
             Action.RETRY,
             f"IBKR answered 404 for clientInstructionId {tracked.client_instruction_id}, which it "
@@ -358,6 +531,55 @@ def after_lookup(tracked: Tracked, result: ApiResult, *, set_owned_elsewhere: bo
             is_error=True,
         )
     return _lookup_error(result)
+
+
+def _absent(tracked: Tracked, looked_at: datetime | None, now: datetime | None) -> Decision:
+    cid = tracked.client_instruction_id
+    until = tracked.inflight_until
+    if tracked.status == "RECEIVED" or until is None:
+        return Decision(
+            Action.RESEND,
+            f"IBKR does not know clientInstructionId {cid} (404) and no attempt of ours can "
+            "still register: sending the same body again",
+        )
+    if looked_at is None or now is None:
+        raise ValueError("a 404 about an open attempt needs looked_at and now")
+    attempt = tracked.attempt_count
+    if looked_at < until:
+        return Decision(
+            Action.RESOLVE,
+            f"IBKR does not know clientInstructionId {cid} yet (404), but attempt {attempt} "
+            f"may still register until {until.isoformat()}: nothing is sent before; "
+            "looking again then",
+            look_at=until,
+            fate=AttemptFate.OPEN,
+        )
+    if tracked.absent_since is None:
+        confirm_at = now + timedelta(seconds=ABSENCE_CONFIRM_GAP_S)
+        return Decision(
+            Action.RESOLVE,
+            f"IBKR does not know clientInstructionId {cid} (404) after attempt {attempt}'s "
+            "in-flight horizon; confirming with a second look before sending again",
+            look_at=confirm_at,
+            absent_since=now,
+            fate=AttemptFate.OPEN,
+        )
+    confirm_at = tracked.absent_since + timedelta(seconds=ABSENCE_CONFIRM_GAP_S)
+    if looked_at < confirm_at:
+        return Decision(
+            Action.RESOLVE,
+            f"IBKR does not know clientInstructionId {cid} (404); the confirming look is due "
+            f"at {confirm_at.isoformat()}",
+            look_at=confirm_at,
+            fate=AttemptFate.OPEN,
+        )
+    return Decision(
+        Action.RESEND,
+        f"IBKR does not know clientInstructionId {cid} (404 twice, {ABSENCE_CONFIRM_GAP_S:g} s "
+        f"apart, after attempt {attempt}'s in-flight horizon): it never got it; sending the "
+        "same body again",
+        fate=AttemptFate.NOT_REGISTERED,
+    )
 
 
 def after_set_read(tracked: Tracked, result: ApiResult, position: int) -> Decision:
@@ -379,12 +601,38 @@ def after_set_read(tracked: Tracked, result: ApiResult, position: int) -> Decisi
         "REJECTED",
     ):
         return _rejected(result, item)
-    return adopt(
+    decision = adopt(
         item,
         result.instruction_set_id,
         result.http_status,
         f"instructionSetId {result.instruction_set_id} read",
     )
+    if (
+        tracked.instruction_id is not None
+        and item.instruction_id is not None
+        and item.instruction_id != tracked.instruction_id
+        and tracked.sent_attempts >= 2
+    ):
+        # Our set names another transaction of ours than the one we recorded for this id.
+        details = {
+            "clientInstructionId": tracked.client_instruction_id,
+            "recordedInstructionId": tracked.instruction_id,
+            "instructionIdInSet": item.instruction_id,
+            "instructionSetId": result.instruction_set_id,
+            "attemptsSent": tracked.sent_attempts,
+        }
+        decision = replace(
+            decision,
+            reason=(
+                f"instructionSetId {result.instruction_set_id} names instructionId "
+                f"{item.instruction_id} for clientInstructionId {tracked.client_instruction_id}, "
+                f"and we recorded {tracked.instruction_id}: two transactions of ours; the money "
+                "may have moved twice"
+            ),
+            applied_twice=None if tracked.applied_twice else details,
+            extra_audit={"appliedTwice": details},
+        )
+    return decision
 
 
 def _lookup_error(result: ApiResult) -> Decision:

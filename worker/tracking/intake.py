@@ -8,8 +8,10 @@ one that cannot even be identified is refused with `Unprocessable` (it becomes a
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +20,7 @@ from sqlalchemy import ColumnElement, Numeric, and_, or_, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from models import ClientInstruction, Submission, next_client_instruction_id
+from models import ClientInstruction, InboundMessage, Submission, next_client_instruction_id
 from models.db import allocate_ids, one_of
 from models.unsaved import insert_unsaved, new_unsaved, table_of
 from worker import jsontext
@@ -34,11 +36,18 @@ from worker.ibkr.requests import (
 )
 from worker.tracking.apply import spread_past_downtime
 from worker.tracking.context import TrackingContext
-from worker.tracking.decisions import DUPLICATE_REQUEST_CODE, INVALID_REQUEST_CODE, same_intent
+from worker.tracking.decisions import (
+    DUPLICATE_MESSAGE_CODE,
+    DUPLICATE_REQUEST_CODE,
+    INVALID_REQUEST_CODE,
+    same_intent,
+)
 from worker.tracking.record import change_status
 from worker.tracking.submit import Attempt, begin_attempt
 
 MAX_CORRELATION_ID = 128
+#: Longest message id kept (dramatiq's are 36-character UUIDs).
+MAX_MESSAGE_ID = 64
 MAX_REQUEST_BYTES = 20 * 1024 * 1024  # IBKR's limit for one request
 MAX_ID = 2**53 - 1
 STORED_INVALID_BODY_BYTES = 64 * 1024
@@ -180,12 +189,28 @@ def _free_id(session: Session, ctx: TrackingContext, taken: set[int]) -> int:
 
 @dataclass(frozen=True)
 class Inbound:
-    """One inbound request as the actor got it (`begin_submission`: see `receive`)."""
+    """One inbound request as the actor got it (`begin_submission`: see `receive`).
+
+    `message_id` None: the message carried none (or an empty one); such a request can only be
+    received when every member names its clientInstructionId, the idempotency key then.
+    """
 
     request: Any
     correlation_id: Any
     message_id: str | None
     begin_submission: bool = False
+
+    def fingerprint(self) -> str:
+        """SHA-256 of `request` and `correlation_id` (keys sorted): what a message id stands
+        for. The same id with another fingerprint is another request."""
+        text = json.dumps(
+            [self.request, self.correlation_id],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            default=repr,
+        )
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 #: What `receive_all` gives for each request: a call that returns its `Intake` (or raises
@@ -237,9 +262,9 @@ def receive_all(
     the whole batch, and the new rows are written when the transaction flushes, so receiving
     many requests together costs a few statements, not a few per request.
     """
-    now = ctx.clock.now()
+    now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
     checked = [_check(inbound) for inbound in inbounds]
-    known, owners = _look_up(
+    known, owners, fingerprints = _look_up(
         session,
         [c.inbound.message_id for c in checked],
         [i for c in checked for i in c.ids if i is not None],
@@ -250,8 +275,16 @@ def receive_all(
     received: list[Received] = []
     for item in checked:
         message_id = item.inbound.message_id
-        if message_id is not None and message_id in known:
-            received.append(_done(Intake("same_intent", None, known[message_id])))
+        if message_id is not None and message_id in fingerprints:
+            if item.unprocessable is None and fingerprints[message_id] not in (
+                "",
+                item.fingerprint,
+            ):
+                # The message id is the request's idempotency key: another request under it
+                # is never taken for the first one, nor silently dropped.
+                received.append(_duplicate_message(session, ctx, item, message_id, now))
+            else:
+                received.append(_done(Intake("same_intent", None, known.get(message_id, ()))))
             continue
         if item.unprocessable is not None:
             received.append(_raise(item.unprocessable))
@@ -263,9 +296,43 @@ def receive_all(
         held_ids |= given
         if message_id is not None:
             held_messages.add(message_id)
-        received.append(_receive(session, ctx, item, owners, held_ids, new, now))
+        received.append(_receive(session, ctx, item, owners, held_ids, new, now, now_mono))
     _insert_new(session, new)
     return received
+
+
+def _duplicate_message(
+    session: Session, ctx: TrackingContext, item: _Checked, message_id: str, now: datetime
+) -> Callable[[], Intake]:
+    """Record a request that came under a message id another request already used: FAILED
+    (DUPLICATE_MESSAGE_ID), nothing sent."""
+    problem = (
+        f"message id {message_id} was already used for a different request; a message id "
+        "names one request (publish a new request with a new message id)"
+    )
+    members: Sequence[dict[str, Any]]
+    if item.parsed is not None:
+        kind, bulk, members = item.parsed.instruction_type, item.parsed.bulk, item.parsed.members
+    else:
+        assert item.identified is not None
+        kind, bulk, members = item.identified
+    return _done(
+        _record_failed(
+            session,
+            ctx,
+            kind,
+            bulk,
+            list(members),
+            list(item.ids),
+            item.inbound.request,
+            problem,
+            item.stored_correlation,
+            message_id,
+            now,
+            code=DUPLICATE_MESSAGE_CODE,
+            first_of_message=False,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -274,6 +341,7 @@ class _NewRequest:
 
     submission: Submission
     members: list[ClientInstruction]
+    message: InboundMessage | None
 
 
 def _insert_new(session: Session, new: list[_NewRequest]) -> None:
@@ -293,7 +361,12 @@ def _insert_new(session: Session, new: list[_NewRequest]) -> None:
             member.submission_id = submission_id
     for member, member_id in zip(members, allocated[clients], strict=True):
         member.id = member_id
-    insert_unsaved(session, [request.submission for request in new], members)
+    messages = []
+    for request in new:
+        if request.message is not None:
+            request.message.submission_id = request.submission.id
+            messages.append(request.message)
+    insert_unsaved(session, [request.submission for request in new], members, messages)
 
 
 @dataclass(frozen=True)
@@ -309,9 +382,35 @@ class _Checked:
     identified: tuple[str, bool, list[dict[str, Any]]] | None = None
     ids: tuple[int | None, ...] = ()
     unprocessable: Unprocessable | None = None
+    fingerprint: str = ""
 
 
 def _check(inbound: Inbound) -> _Checked:
+    checked = _check_request(inbound)
+    if checked.unprocessable is not None:
+        return checked
+    if inbound.message_id is None and any(i is None for i in checked.ids):
+        return _Checked(
+            inbound,
+            unprocessable=Unprocessable(
+                "the message has no message id and the request no clientInstructionId (in "
+                "every member): nothing would keep a redelivery from being sent twice; give "
+                "the message a message_id or each instruction a clientInstructionId"
+            ),
+        )
+    if inbound.message_id is not None and (
+        len(inbound.message_id) > MAX_MESSAGE_ID or not inbound.message_id.isascii()
+    ):
+        return _Checked(
+            inbound,
+            unprocessable=Unprocessable(
+                f"the message id is not an ASCII string of at most {MAX_MESSAGE_ID} characters"
+            ),
+        )
+    return replace(checked, fingerprint=inbound.fingerprint())
+
+
+def _check_request(inbound: Inbound) -> _Checked:
     raw, correlation_id = inbound.request, inbound.correlation_id
     problem = _correlation_problem(correlation_id)
     stored_correlation = correlation_id if problem is None else None
@@ -347,14 +446,25 @@ def _check(inbound: Inbound) -> _Checked:
 
 def _look_up(
     session: Session, message_ids: list[str | None], ids: list[int]
-) -> tuple[dict[str, tuple[int, ...]], dict[int, ClientInstruction]]:
-    """In one query: the clientInstructionIds of the requests already received from these
-    messages, and the rows that own these clientInstructionIds."""
+) -> tuple[dict[str, tuple[int, ...]], dict[int, ClientInstruction], dict[str, str]]:
+    """The clientInstructionIds of the requests already received from these messages, the
+    rows that own these clientInstructionIds, and the fingerprints of the known message ids
+    (two queries at most)."""
     wanted_messages = {m for m in message_ids if m is not None}
     wanted_ids = set(ids)
-    conditions: list[ColumnElement[bool]] = []
+    fingerprints: dict[str, str] = {}
     if wanted_messages:
-        conditions.append(one_of(session, ClientInstruction.message_id, wanted_messages))
+        fingerprints = {
+            row.message_id: row.request_sha256
+            for row in session.execute(
+                select(InboundMessage.message_id, InboundMessage.request_sha256).where(
+                    one_of(session, InboundMessage.message_id, wanted_messages)
+                )
+            )
+        }
+    conditions: list[ColumnElement[bool]] = []
+    if fingerprints:
+        conditions.append(one_of(session, ClientInstruction.message_id, set(fingerprints)))
     if wanted_ids:
         conditions.append(
             and_(
@@ -363,7 +473,7 @@ def _look_up(
             )
         )
     if not conditions:
-        return {}, {}
+        return {}, {}, fingerprints
     first: dict[str, int | None] = {}
     members: dict[int | None, list[int]] = {}
     owners: dict[int, ClientInstruction] = {}
@@ -372,13 +482,14 @@ def _look_up(
         .where(or_(*conditions))
         .order_by(ClientInstruction.submission_id, ClientInstruction.position)
     ).scalars():
-        if row.message_id in wanted_messages:
+        if row.message_id in fingerprints:
             first.setdefault(row.message_id, row.submission_id)
-            members.setdefault(row.submission_id, []).append(row.client_instruction_id)
+            if first[row.message_id] == row.submission_id:
+                members.setdefault(row.submission_id, []).append(row.client_instruction_id)
         if row.client_instruction_id in wanted_ids and row.duplicate_of_id is None:
             owners[row.client_instruction_id] = row
-    known = {m: tuple(members[submission_id]) for m, submission_id in first.items()}
-    return known, owners
+    known = {m: tuple(members.get(submission_id, ())) for m, submission_id in first.items()}
+    return known, owners, fingerprints
 
 
 def _done(intake: Intake) -> Callable[[], Intake]:
@@ -400,10 +511,12 @@ def _receive(
     held_ids: set[int],
     new: list[_NewRequest],
     now: datetime,
+    now_mono: float,
 ) -> Callable[[], Intake]:
     """Receive one checked request; a new one's rows are added to `new` (written by
     `_insert_new` once the whole batch is received). `held_ids`: the clientInstructionIds the
-    requests of this batch hold, which an assigned id must not take."""
+    requests of this batch hold, which an assigned id must not take. The rows are this
+    process's (its lease) until the scheduler's first look at them."""
     raw, message_id = item.inbound.request, item.inbound.message_id
     parsed, ids, stored_correlation = item.parsed, list(item.ids), item.stored_correlation
     if parsed is None:
@@ -422,6 +535,7 @@ def _receive(
                 stored_correlation,
                 message_id,
                 now,
+                fingerprint=item.fingerprint,
             )
         )
 
@@ -440,6 +554,7 @@ def _receive(
                 stored_correlation,
                 message_id,
                 now,
+                fingerprint=item.fingerprint,
                 **kwargs,
             )
         )
@@ -489,6 +604,16 @@ def _receive(
         updated_at=now,
     )
     first_look = spread_past_downtime(ctx, now + timedelta(seconds=ctx.received_grace_s))
+    message = (
+        new_unsaved(
+            InboundMessage,
+            message_id=message_id,
+            request_sha256=item.fingerprint,
+            received_at=now,
+        )
+        if message_id is not None
+        else None
+    )
     rows: list[ClientInstruction] = []
     for position, (member, cid) in enumerate(zip(parsed.members, final_ids, strict=True)):
         # Written with the other new rows of the batch (`_insert_new`), ids given then.
@@ -511,6 +636,8 @@ def _receive(
             api_call_count=0,
             event_sequence=0,
             next_poll_at=first_look,
+            lease_owner=ctx.owner,
+            lease_expires_at=first_look,
             created_at=now,
             updated_at=now,
         )
@@ -523,9 +650,9 @@ def _receive(
             actor=ctx.actor,
             now=now,
         )
-    new.append(_NewRequest(submission, rows))
+    new.append(_NewRequest(submission, rows, message))
     attempt = (
-        begin_attempt(session, ctx, submission, rows, now, body)
+        begin_attempt(session, ctx, submission, rows, now, body, now_mono=now_mono)
         if item.inbound.begin_submission
         else None
     )
@@ -586,8 +713,11 @@ def _record_failed(
     *,
     code: str = INVALID_REQUEST_CODE,
     owners: dict[int, ClientInstruction] | None = None,
+    first_of_message: bool = True,
+    fingerprint: str = "",
 ) -> Intake:
-    """Record every member of a request that cannot be sent as FAILED (no API call)."""
+    """Record every member of a request that cannot be sent as FAILED (no API call).
+    `first_of_message`: the first request under its message id (which it then holds)."""
     owners = owners or {}
     try:
         stored = jsontext.dumps(raw)
@@ -608,6 +738,15 @@ def _record_failed(
     )
     session.add(submission)
     session.flush()
+    if message_id is not None and first_of_message:
+        session.add(
+            InboundMessage(
+                message_id=message_id,
+                request_sha256=fingerprint,
+                submission_id=submission.id,
+                received_at=now,
+            )
+        )
     final_ids: list[int] = []
     taken = {i for i in ids if i is not None}
     for position, (member, given) in enumerate(zip(members, ids, strict=True)):

@@ -12,9 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -23,23 +25,33 @@ from worker.ibkr.calendar import in_downtime
 from worker.ibkr.responses import Outcome
 from worker.logging import get_logger
 from worker.tracking import backoff
-from worker.tracking.apply import apply_decision, tracked_of
+from worker.tracking.apply import (
+    api_call_of,
+    apply_decision,
+    record_applied_twice,
+    settle_attempt,
+    tracked_of,
+)
 from worker.tracking.context import TrackingContext
-from worker.tracking.decisions import Action, after_lookup, after_set_read
-from worker.tracking.submit import send
+from worker.tracking.decisions import Action, after_lookup, after_set_read, reconcile
+from worker.tracking.submit import Attempt, begin_attempt, lock_members, post, record, send
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """A row this process now holds the lease of."""
+    """A row this process now holds the lease of; `claimed_at`: when (the shared clock), the
+    earliest moment anything this process then asks IBKR about it can have left."""
 
     id: int
     status: str
     submission_id: int | None
     instruction_set_id: int | None
     is_bulk: bool
+    claimed_at: datetime
+    final: bool = False
+    applied_twice: bool = False
 
 
 def claim_due(ctx: TrackingContext, *, limit: int) -> list[Claimed]:
@@ -74,13 +86,24 @@ def claim_due(ctx: TrackingContext, *, limit: int) -> list[Claimed]:
                 ClientInstruction.status,
                 ClientInstruction.submission_id,
                 ClientInstruction.instruction_set_id,
+                ClientInstruction.final_at,
+                ClientInstruction.applied_twice_at,
                 Submission.is_bulk,
             )
             .outerjoin(Submission, Submission.id == ClientInstruction.submission_id)
             .where(ClientInstruction.id.in_(claimed_ids))
         ).all()
     return [
-        Claimed(r.id, r.status, r.submission_id, r.instruction_set_id, bool(r.is_bulk))
+        Claimed(
+            r.id,
+            r.status,
+            r.submission_id,
+            r.instruction_set_id,
+            bool(r.is_bulk),
+            now,
+            final=r.final_at is not None,
+            applied_twice=r.applied_twice_at is not None,
+        )
         for r in rows
     ]
 
@@ -113,19 +136,23 @@ def run_round(
     by_submission: dict[int, list[Claimed]] = defaultdict(list)
     by_set: dict[int, list[Claimed]] = defaultdict(list)
     for row in claimed:
-        if row.status in ("RECEIVED", "SUBMITTING") and row.submission_id is not None:
+        if row.final:
+            tasks.append(partial(second_look, ctx, row.id, row.claimed_at))
+        elif row.status in ("RECEIVED", "SUBMITTING") and row.submission_id is not None:
             by_submission[row.submission_id].append(row)
-        elif row.is_bulk and row.instruction_set_id is not None:
+        elif (row.is_bulk or row.applied_twice) and row.instruction_set_id is not None:
+            # A bulk member's set, or a single one that IBKR shows twice: read by its own
+            # set (a status GET by clientInstructionId then describes the first transaction).
             by_set[row.instruction_set_id].append(row)
         else:
-            tasks.append(_bind(poll_one, ctx, row.id))
+            tasks.append(partial(poll_one, ctx, row.id, row.claimed_at))
     for submission_id, rows in by_submission.items():
         if any(r.status == "SUBMITTING" for r in rows):
-            tasks.append(_bind(resolve_submission, ctx, submission_id))
+            tasks.append(partial(resolve_submission, ctx, submission_id, rows[0].claimed_at))
         else:
-            tasks.append(_bind(send, ctx, submission_id))
+            tasks.append(partial(send, ctx, submission_id))
     for set_id in by_set:
-        tasks.append(_bind(poll_set, ctx, set_id))
+        tasks.append(partial(poll_set, ctx, set_id))
     if pool is None:
         failures = sum(not _guarded(task) for task in tasks)
     else:
@@ -153,12 +180,6 @@ def release_failed(ctx: TrackingContext, row_ids: list[int]) -> None:
             )
     except SQLAlchemyError:
         log.warning("could not release the rows of failed steps; their leases will run out")
-
-
-def _bind(
-    function: Callable[[TrackingContext, int], object], ctx: TrackingContext, key: int
-) -> Callable[[], object]:
-    return lambda: function(ctx, key)
 
 
 def _guarded(task: Callable[[], object]) -> bool:
@@ -200,8 +221,15 @@ def _set_owned_elsewhere(session: Session, row: ClientInstruction, set_id: int |
     return other is not None
 
 
-def poll_one(ctx: TrackingContext, row_id: int) -> None:
-    """Look at one instruction with `GET /client-instructions/{id}` and record what it shows."""
+def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
+    """Look at one instruction with `GET /client-instructions/{id}` and record what it shows.
+
+    For the first member of a submission still SUBMITTING this resolves its latest attempt: a
+    transaction of ours found settles it; IBKR not knowing the id counts only after the
+    attempt can no longer register (and twice, apart in time), and then the next attempt begins
+    in the same transaction that decided it (so no other process can decide the same), and is
+    sent. `claimed_at`: when this process claimed the row.
+    """
     with ctx.session_factory() as session:
         row = session.get(ClientInstruction, row_id)
         if row is None or row.lease_owner != ctx.owner or row.final_at is not None:
@@ -209,37 +237,61 @@ def poll_one(ctx: TrackingContext, row_id: int) -> None:
         client_instruction_id = row.client_instruction_id
     result = ctx.ibkr.get_client_instruction(client_instruction_id)
     ctx.observer.api_call(result)
-    resend_submission: int | None = None
-    with ctx.session_factory.begin() as session:
-        held = _held(session, ctx, row_id)
-        if held is None:
-            return
-        decision = after_lookup(
-            tracked_of(held),
-            result,
-            set_owned_elsewhere=_set_owned_elsewhere(session, held, result.instruction_set_id),
-        )
-        apply_decision(
-            session,
-            ctx,
-            held,
-            decision,
-            result=result,
-            now=ctx.clock.now(),
-            counts_as_poll=held.status not in ("RECEIVED", "SUBMITTING"),
-        )
-        if decision.action is Action.RESEND and held.submission_id is not None:
-            held.lease_owner = ctx.owner  # keep it ours until the resend below commits SUBMITTING
-            resend_submission = held.submission_id
-    if resend_submission is not None:
-        send(ctx, resend_submission)
+    attempt: Attempt | None = None
+    with ctx.ibkr.permit():
+        with ctx.session_factory.begin() as session:
+            held = _held(session, ctx, row_id)
+            if held is None:
+                return
+            now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
+            deciding = held.position == 0 or held.submission_id is None
+            decision = after_lookup(
+                tracked_of(held, with_content=True),
+                result,
+                set_owned_elsewhere=_set_owned_elsewhere(session, held, result.instruction_set_id),
+                looked_at=claimed_at,
+                now=now,
+                decides_attempt=deciding,
+            )
+            sending = held.status in ("RECEIVED", "SUBMITTING")
+            apply_decision(
+                session,
+                ctx,
+                held,
+                decision,
+                result=result,
+                now=now,
+                counts_as_poll=not sending,
+            )
+            submission = held.submission
+            if deciding and sending and submission is not None:
+                settle_attempt(submission, decision, now, answer_to_post=False)
+                if decision.action is Action.RESEND:
+                    held.lease_owner = ctx.owner  # ours until the next attempt is begun below
+                    held.lease_expires_at = now + timedelta(seconds=ctx.lease_s)
+                    members = lock_members(session, submission.id)
+                    attempt = begin_attempt(
+                        session, ctx, submission, members, now, now_mono=now_mono
+                    )
+        if attempt is not None:
+            answer = post(ctx, attempt)
+    if attempt is not None:
+        record(ctx, answer)
 
 
-def resolve_submission(ctx: TrackingContext, submission_id: int) -> None:
+def resolve_submission(ctx: TrackingContext, submission_id: int, claimed_at: datetime) -> None:
     """Find out what became of a POST whose answer we never recorded (a lost answer, a 5xx, a
-    crash): ask for the first member's status; 404 means IBKR never got it (resend the same
-    body), anything else is reconciled member by member."""
+    crash), or send the next attempt of one that IBKR refused outright.
+
+    An attempt that can no longer register (settled, nothing in flight) is followed by the next
+    one at once. Otherwise the first member's status decides for a bulk request too (IBKR
+    registers all its members or none): after IBKR is seen not to know it, the whole body goes
+    again; when IBKR has it, each member is looked at."""
     with ctx.session_factory() as session:
+        submission = session.get(Submission, submission_id)
+        if submission is None:
+            return
+        open_attempt = submission.inflight_until is not None
         members = list(
             session.execute(
                 select(
@@ -249,11 +301,48 @@ def resolve_submission(ctx: TrackingContext, submission_id: int) -> None:
                 .order_by(ClientInstruction.position)
             ).all()
         )
-    # The first look decides for a bulk request too (IBKR registers all its members or none):
-    # after a 404 it is resent whole, and the later members are no longer ours to look at.
-    for member in members:
-        if member.status == "SUBMITTING" and member.lease_owner == ctx.owner:
-            poll_one(ctx, member.id)
+    ours = [m for m in members if m.status == "SUBMITTING" and m.lease_owner == ctx.owner]
+    if not ours:
+        return
+    if not open_attempt:
+        send(ctx, submission_id)
+        return
+    for member in ours:
+        poll_one(ctx, member.id, claimed_at)
+
+
+def second_look(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
+    """The one look at a final instruction two of whose attempts left (see
+    `apply.needs_second_look`): a 208 now shows that both registered."""
+    del claimed_at  # any answer now is late enough: the look was scheduled past the horizon
+    with ctx.session_factory() as session:
+        row = session.get(ClientInstruction, row_id)
+        if row is None or row.lease_owner != ctx.owner:
+            return
+        client_instruction_id = row.client_instruction_id
+    result = ctx.ibkr.get_client_instruction(client_instruction_id)
+    ctx.observer.api_call(result)
+    with ctx.session_factory.begin() as session:
+        held = session.execute(
+            _locked(session, select(ClientInstruction).where(ClientInstruction.id == row_id))
+        ).scalar_one_or_none()
+        if held is None or held.lease_owner != ctx.owner:
+            return
+        now = ctx.clock.now()
+        held.lease_owner = None
+        held.lease_expires_at = None
+        if result.outcome in (Outcome.ACCEPTED, Outcome.FINAL, Outcome.DUPLICATE):
+            held.next_poll_at = None
+            decision = reconcile(tracked_of(held), result, set_owned_elsewhere=False)
+            if decision.applied_twice is not None:
+                record_applied_twice(session, ctx, held, decision, api=api_call_of(result), now=now)
+            return
+        # No usable answer: try once more after the error delay.
+        held.next_poll_at = now + timedelta(seconds=backoff.ERROR_INITIAL_DELAY_S * 5)
+
+
+def _locked(session: Session, query: Select[Any]) -> Select[Any]:
+    return query.with_for_update() if is_postgresql(session) else query
 
 
 def poll_set(ctx: TrackingContext, instruction_set_id: int) -> None:

@@ -87,7 +87,8 @@ def append_audit(
 def outbox_values(row: ClientInstruction, *, event: str, now: datetime) -> dict[str, Any]:
     """The outbox row announcing `row`'s current state (its `event_sequence` already counted).
 
-    `event` is `status_changed` (routing key `instruction.<status>`) or `overdue`.
+    `event` is `status_changed` (routing key `instruction.<status>`), `overdue` or
+    `applied_twice` (routing keys `instruction.overdue`, `instruction.applied_twice`).
     """
     event_id = str(uuid.uuid4())
     body = {
@@ -98,7 +99,9 @@ def outbox_values(row: ClientInstruction, *, event: str, now: datetime) -> dict[
         "at": iso_utc(now),
     }
     routing_key = (
-        "instruction.overdue" if event == "overdue" else f"instruction.{row.status.lower()}"
+        f"instruction.{event}"
+        if event in ("overdue", "applied_twice")
+        else f"instruction.{row.status.lower()}"
     )
     return {
         "event_id": event_id,

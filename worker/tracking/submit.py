@@ -21,11 +21,13 @@ from models.db import one_of
 from models.unsaved import new_unsaved, table_of, update_changed
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
+from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint, endpoint_for
 from worker.ibkr.responses import ApiResult, Outcome
 from worker.tracking.apply import (
     apply_decision,
     prefetch_ibkr_rows,
+    settle_attempt,
     spread_past_downtime,
     tracked_of,
 )
@@ -52,12 +54,14 @@ def lock_members(session: Session, submission_id: int) -> list[ClientInstruction
 @dataclass(frozen=True)
 class Attempt:
     """An attempt whose members are SUBMITTING in a transaction of the caller: once that has
-    committed, `send` may POST `body` to `endpoint`."""
+    committed, `post` may send `body` to `endpoint`, within `budget` (it leaves before
+    `budget.send_by_mono` or not at all; its body expires before the lease does)."""
 
     submission: Submission
     number: int
     endpoint: Endpoint
     body: dict[str, Any]
+    budget: SendBudget
 
     @property
     def submission_id(self) -> int:
@@ -74,6 +78,25 @@ class Answer:
     at: datetime
 
 
+class LeaseTooShort(ValueError):
+    """The lease cannot cover an attempt: configuration that cannot work."""
+
+
+def attempt_send_s(ctx: TrackingContext) -> float:
+    """How long after SUBMITTING is committed a POST may still leave (IBKR_HTTP_TIMEOUT_S)."""
+    return ctx.settings.http_timeout_s
+
+
+def inflight_horizon(ctx: TrackingContext, begun_at: datetime) -> datetime:
+    """Until when an attempt begun at `begun_at` may register at IBKR, on the worst reading of
+    the reference: until its body's `exp` (never after the lease's end) or `sent + horizon`,
+    whichever is later, plus the clock difference IBKR may have with us. The POST leaves by
+    `begun_at + attempt_send_s` or not at all."""
+    settings = ctx.settings
+    latest = max(ctx.lease_s, attempt_send_s(ctx) + settings.inflight_horizon_s)
+    return begun_at + timedelta(seconds=latest + settings.max_clock_skew_s)
+
+
 def begin_attempt(
     session: Session,
     ctx: TrackingContext,
@@ -81,15 +104,40 @@ def begin_attempt(
     members: list[ClientInstruction],
     now: datetime,
     body: dict[str, Any] | None = None,
+    *,
+    now_mono: float,
 ) -> Attempt | None:
     """Mark the (locked) members SUBMITTING for the next attempt, in the caller's transaction.
 
-    None when there is nothing to send (already answered) or the request is held for IBKR's
-    scheduled downtime (recorded; the scheduler sends it after the window). `body`: the
-    submission's body when the caller has it at hand (default: read from `request_json`).
+    `now` is the shared clock's time and `now_mono` the monotonic time read with it. The
+    members must be ours: each holds this process's unexpired lease (taken by the claim, or by
+    the intake that created it in this transaction). No attempt begins while an earlier one may
+    still register (`submission.inflight_until` set): only an answer that settles it, or IBKR
+    not knowing the id twice after its horizon, clears that, in the transaction that then
+    begins the next attempt.
+
+    None when there is nothing to send (already answered, no longer ours, an attempt still in
+    flight) or the request is held for IBKR's scheduled downtime (recorded; the scheduler sends
+    it after the window). `body`: the submission's body when the caller has it at hand
+    (default: read from `request_json`).
     """
+    send_s = attempt_send_s(ctx)
+    if ctx.lease_s <= send_s:
+        raise LeaseTooShort(
+            f"a lease of {ctx.lease_s:g} s cannot cover a POST that may take {send_s:g} s to "
+            "leave; raise IBKR_LEASE_S above twice IBKR_HTTP_TIMEOUT_S"
+        )
     sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
     if not sendable or len(sendable) != len(members):
+        return None
+    if any(
+        m.lease_owner != ctx.owner or m.lease_expires_at is None or m.lease_expires_at <= now
+        for m in members
+    ):
+        # Another process took these rows over (our lease ran out while we waited): its
+        # attempt, not ours.
+        return None
+    if submission.inflight_until is not None:
         return None
     if ctx.settings.honor_downtime and in_downtime(now):
         later = spread_past_downtime(ctx, now)
@@ -111,6 +159,8 @@ def begin_attempt(
         return None
     submission.attempt_count += 1
     submission.updated_at = now
+    submission.inflight_until = inflight_horizon(ctx, now)
+    submission.absent_since = None
     attempt = submission.attempt_count
     endpoint = endpoint_for(submission.instruction_type, bulk=submission.is_bulk)
     lease_until = now + timedelta(seconds=ctx.lease_s)
@@ -129,26 +179,27 @@ def begin_attempt(
         )
     if body is None:
         body = jsontext.loads(submission.request_json)
-    return Attempt(submission, attempt, endpoint, body)
+    budget = SendBudget(send_by_mono=now_mono + send_s, lease_end_mono=now_mono + ctx.lease_s)
+    return Attempt(submission, attempt, endpoint, body, budget)
 
 
-def send(ctx: TrackingContext, submission_id: int, *, attempt: Attempt | None = None) -> bool:
-    """POST the submission's body (attempt n+1) and record IBKR's answer for every member.
-
-    `attempt`: one already begun by the caller (`begin_attempt`, committed), so no
-    transaction is needed before the POST. Returns False when there was nothing to send
-    (already answered, or held for IBKR's scheduled downtime).
-    """
-    if attempt is None:
+def send(ctx: TrackingContext, submission_id: int) -> bool:
+    """Begin the next attempt of a submission this process holds the lease of, POST it and
+    record IBKR's answer for every member. Returns False when there was nothing to send
+    (already answered, no longer ours, an attempt still in flight, or held for IBKR's
+    scheduled downtime)."""
+    with ctx.ibkr.permit():
         with ctx.session_factory.begin() as session:
             submission = session.get(Submission, submission_id)
             if submission is None:
                 return False
             members = lock_members(session, submission_id)
-            attempt = begin_attempt(session, ctx, submission, members, ctx.clock.now())
+            now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
+            attempt = begin_attempt(session, ctx, submission, members, now, now_mono=now_mono)
         if attempt is None:
             return False
-    record(ctx, post(ctx, attempt))
+        answer = post(ctx, attempt)
+    record(ctx, answer)
     return True
 
 
@@ -163,7 +214,7 @@ def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
     line of the call ("ibkr api call") names the submission and the attempt: the one line a
     submission writes."""
     with bound_contextvars(submission_id=attempt.submission_id, attempt=attempt.number):
-        result = ctx.ibkr.post_instruction(attempt.endpoint, attempt.body)
+        result = ctx.ibkr.post_instruction(attempt.endpoint, attempt.body, attempt.budget)
     ctx.observer.api_call(result)
     return Answer(attempt, result, ctx.clock.now())
 
@@ -206,6 +257,13 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
             Outcome.REJECTED,
         ):
             submission.instruction_set_id = result.instruction_set_id
+        first = next(
+            (decision for a, member, decision in decisions if a is answer and decision is not None),
+            None,
+        )
+        if first is not None and submission.attempt_count == answer.attempt.number:
+            # Once per answer: what it shows about the attempt (closed, or still open).
+            settle_attempt(submission, first, answer.at, answer_to_post=True)
     for answer, member, decision in decisions:
         if decision is None:
             # Another process took over after our lease ran out; its record stands.

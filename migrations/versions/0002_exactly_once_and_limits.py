@@ -1,0 +1,105 @@
+"""Exactly-once against the worst IBKR, and rate limits whose cost does not grow with the limit.
+
+- `submissions.sent_attempts`, `inflight_until`, `absent_since`: no attempt begins while an
+  earlier one may still register at IBKR; a resend needs IBKR not to know the id twice after
+  that time.
+- `client_instructions.applied_twice_at`: when IBKR showed two transactions of ours.
+- `inbound_messages`: a message id is received once (the idempotency key of a request without
+  a clientInstructionId), with the fingerprint of its request.
+- `rate_limit_buckets` + `rate_limit_grants` replace `rate_limit_slots`: a ring of each limit's
+  latest grants instead of a row per grant read back on every reservation.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    """Add the attempt and message columns and tables; swap the rate-limit ledger."""
+    with op.batch_alter_table("submissions") as batch:
+        batch.add_column(
+            sa.Column("sent_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
+        batch.add_column(sa.Column("inflight_until", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("absent_since", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("submissions") as batch:
+        batch.alter_column("sent_attempts", server_default=None)
+    with op.batch_alter_table("client_instructions") as batch:
+        batch.add_column(sa.Column("applied_twice_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_table(
+        "inbound_messages",
+        sa.Column("message_id", sa.String(length=64), nullable=False),
+        sa.Column("request_sha256", sa.String(length=64), nullable=False),
+        sa.Column("submission_id", _ID, nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["submission_id"],
+            ["submissions.id"],
+            name=op.f("fk_inbound_messages_submission_id_submissions"),
+        ),
+        sa.PrimaryKeyConstraint("message_id", name=op.f("pk_inbound_messages")),
+    )
+    # Messages received before fingerprints were kept: their ids still stand for their request
+    # (an empty fingerprint matches any, as nothing else can be known of them).
+    op.execute(
+        "INSERT INTO inbound_messages (message_id, request_sha256, submission_id, received_at) "
+        "SELECT message_id, '', MIN(id), MIN(created_at) FROM submissions "
+        "WHERE message_id IS NOT NULL GROUP BY message_id"
+    )
+    op.create_table(
+        "rate_limit_buckets",
+        sa.Column("bucket", sa.String(length=256), nullable=False),
+        sa.Column("granted", sa.BigInteger(), nullable=False),
+        sa.Column("last_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("bucket", name=op.f("pk_rate_limit_buckets")),
+    )
+    op.create_table(
+        "rate_limit_grants",
+        sa.Column("bucket", sa.String(length=256), nullable=False),
+        sa.Column("position", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("granted_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("bucket", "position", name=op.f("pk_rate_limit_grants")),
+    )
+    op.drop_index("ix_rate_limit_slots_bucket_granted_at", table_name="rate_limit_slots")
+    op.drop_table("rate_limit_slots")
+
+
+def downgrade() -> None:
+    """Back to 0001 (the rate-limit ledger starts empty; message fingerprints are dropped)."""
+    op.create_table(
+        "rate_limit_slots",
+        sa.Column("id", _ID, nullable=False),
+        sa.Column("bucket", sa.String(length=256), nullable=False),
+        sa.Column("granted_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rate_limit_slots")),
+    )
+    op.create_index(
+        "ix_rate_limit_slots_bucket_granted_at",
+        "rate_limit_slots",
+        ["bucket", "granted_at"],
+        unique=False,
+    )
+    op.drop_table("rate_limit_grants")
+    op.drop_table("rate_limit_buckets")
+    op.drop_table("inbound_messages")
+    with op.batch_alter_table("client_instructions") as batch:
+        batch.drop_column("applied_twice_at")
+    with op.batch_alter_table("submissions") as batch:
+        batch.drop_column("absent_since")
+        batch.drop_column("inflight_until")
+        batch.drop_column("sent_attempts")

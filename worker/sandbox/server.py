@@ -188,6 +188,11 @@ class _Server(ThreadingHTTPServer):
             else:
                 self._connections.discard(connection)
 
+    def open_connections(self) -> int:
+        """How many connections a handler is serving now."""
+        with self._connections_lock:
+            return len(self._connections)
+
     def close_connections(self) -> None:
         """Cut keep-alive connections so no handler thread serves after stop."""
         with self._connections_lock:
@@ -492,13 +497,15 @@ class Sandbox:
         statuses, 429s, and each client's busiest sixty seconds; `include_requests` adds every
         request as `{at, endpoint, status, clientId}` (`at`: its receipt stamp, real POSIX
         seconds); `connectionsOpened` counts the TCP connections accepted (a client that keeps
-        its connections alive opens few); `inflightHeld` and `answersDelayed` count the POSTs
-        those faults picked; `arrivals` counts every request as IBKR would, on receipt (see
-        `Arrivals.snapshot`: total, exact `maxPerEndpointPerSecond` and
-        `maxPerClientPerMinute`)."""
+        its connections alive opens few), `connectionsOpen` those served now; `inflightHeld`
+        and `answersDelayed` count the POSTs those faults picked; `arrivals` counts every
+        request as IBKR would, on receipt (see `Arrivals.snapshot`: total, exact
+        `maxPerEndpointPerSecond` and `maxPerClientPerMinute`)."""
         body = self.request_stats.snapshot(include_requests=include_requests)
         with self._opened_lock:
             body["connectionsOpened"] = self._connections_opened
+        server = self._server
+        body["connectionsOpen"] = server.open_connections() if server is not None else 0
         body["arrivals"] = self.arrival_log.snapshot()
         return body
 

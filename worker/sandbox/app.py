@@ -538,13 +538,17 @@ class SandboxApp:
         received_at = _received(request)
 
         def complete() -> Response:
-            if self.config.inflight_recheck_exp and self._body_expired(request):
-                response = problem(
-                    self.config.body_jwt_error_status,
-                    "signed request has expired (checked again when the held request registered)",
-                )
-            else:
-                response = self._register(token, validated, hold_until)
+            try:
+                if self.config.inflight_recheck_exp and self._body_expired(request):
+                    response = problem(
+                        self.config.body_jwt_error_status,
+                        "signed request has expired (checked again when the held request "
+                        "registered)",
+                    )
+                else:
+                    response = self._register(token, validated, hold_until)
+            except Exception as error:  # noqa: BLE001 - as in handle: a sandbox bug answers
+                response = problem(500, f"Internal Server Error: {type(error).__name__}: {error}")
             sandbox.request_stats.record(
                 endpoint, response.status, token.client.client_id, received_at
             )

@@ -39,6 +39,12 @@ SWITCHES = (
     "--error-500-rate",
     "--error-503-rate",
     "--drop-response-rate",
+    "--inflight-rate",
+    "--inflight-hold",
+    "--inflight-recheck-exp",
+    "--answer-delay-rate",
+    "--answer-delay",
+    "--internal-cash-async-delay",
     "--callback-url",
     "--max-body-bytes",
 )
@@ -65,3 +71,16 @@ def test_client_options_must_come_together() -> None:
 def test_fault_rates_are_checked() -> None:
     result = CliRunner().invoke(cli, ["sandbox", "--error-500-rate", "1.5"])
     assert result.exit_code == 2
+    assert CliRunner().invoke(cli, ["sandbox", "--inflight-rate", "-0.1"]).exit_code == 2
+    assert CliRunner().invoke(cli, ["sandbox", "--answer-delay-rate", "2"]).exit_code == 2
+
+
+def test_hold_times_and_delay_ranges_are_checked() -> None:
+    for arguments in (
+        ["--inflight-hold", "-1"],
+        ["--answer-delay", "inf"],
+        ["--internal-cash-async-delay", "3", "1"],
+        ["--internal-cash-async-delay", "-1", "1"],
+    ):
+        result = CliRunner().invoke(cli, ["sandbox", *arguments])
+        assert result.exit_code == 2, (arguments, result.output)

@@ -337,3 +337,40 @@ def test_final_transitions_record_virtual_and_real_times(env: Env) -> None:
     assert transitions[2]["finalAtVirtual"] - sandbox.clock.timestamp() <= 0
     assert transitions[2]["finalAtReal"] >= transitions[2]["acceptedAtReal"]
     assert transitions[2]["finalAt"].endswith("Z")
+
+
+def _slow_transfers(rsa_private_key: Any, seed: int) -> tuple[list[int], dict[int, float]]:
+    """Ten transfers of 50 and ten of 150 with 150 above the slow threshold: (statuses of the
+    POSTs, delay in virtual seconds of each slow one from its POST to PROCESSED)."""
+    timings = Timings(internal_cash_async_delay_s=(1.0, 3.0))
+    sandbox, client = in_process(
+        rsa_private_key, seed=seed, timings=timings, internal_cash_async_above=Decimal(100)
+    )
+    posted_at = sandbox.clock.timestamp()
+    codes = [
+        client.post("/internal-cash-transfers", ict(cid, "150" if cid % 2 else "50")).status_code
+        for cid in range(1, 21)
+    ]
+    assert sandbox.clock.timestamp() == posted_at  # frozen: every POST at the same instant
+    sandbox.advance(0.999)
+    assert {_status(client, cid) for cid in range(1, 21, 2)} == {"PENDING"}
+    sandbox.advance(2.001)
+    finals = sandbox.final_transitions()
+    delays = {cid: finals[cid]["finalAtVirtual"] - posted_at for cid in range(1, 21, 2)}
+    return codes, delays
+
+
+def test_slow_internal_transfers_can_finish_after_a_seeded_delay_in_a_range(
+    rsa_private_key: Any,
+) -> None:
+    codes, delays = _slow_transfers(rsa_private_key, seed=7)
+    assert codes == [202, 201] * 10
+    assert all(1.0 <= delay <= 3.0 for delay in delays.values()), delays
+    assert max(delays.values()) - min(delays.values()) > 0.5, "spread over the range"
+    assert _slow_transfers(rsa_private_key, seed=7)[1] == delays
+    assert _slow_transfers(rsa_private_key, seed=8)[1] != delays
+
+
+def test_the_async_delay_range_is_checked() -> None:
+    with pytest.raises(ValueError, match="low <= high"):
+        Timings(internal_cash_async_delay_s=(3.0, 1.0))

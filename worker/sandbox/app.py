@@ -4,6 +4,7 @@ call it, so tests over a socket and in-process see the same behaviour."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -22,10 +23,15 @@ from worker.sandbox.auth import (
     AccessToken,
     AuthFailure,
     Authority,
+    parse_compact_jws,
 )
 from worker.sandbox.clock import VirtualClock
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.gateway import (
+    FAULT_HOLDS,
+    FAULT_RATES,
+    Arrival,
+    Arrivals,
     Downtime,
     Faults,
     RateLimiter,
@@ -34,7 +40,12 @@ from worker.sandbox.gateway import (
     retry_after_header,
 )
 from worker.sandbox.ledger import Ledger, QueryThrottled
-from worker.sandbox.schemas import NOT_AN_OBJECT, RequestInvalid, validate_request
+from worker.sandbox.schemas import (
+    NOT_AN_OBJECT,
+    RequestInvalid,
+    ValidatedRequest,
+    validate_request,
+)
 
 GW = "/gw/api/v1"
 JWKS_PATH = "/oauth2/api/v1/jwks"
@@ -91,11 +102,16 @@ class Request:
     headers: Mapping[str, str]
     body: bytes = b""
     client_host: str = "127.0.0.1"
+    #: Real POSIX seconds at receipt (request line read, or entry of the in-process
+    #: transport); None: stamped when `SandboxApp.handle` starts.
+    received_at: float | None = None
 
 
 @dataclass
 class Response:
-    """One HTTP answer. `drop`: close the connection without answering (a lost response)."""
+    """One HTTP answer. `drop`: close the connection without answering (a lost response).
+    `hold_s`: wait this many real seconds before answering; then, when `complete` is set, call
+    it for the answer (a POST held in flight registers only then), else answer this one."""
 
     status: int
     body: bytes = b""
@@ -103,6 +119,44 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
     close: bool = False
+    hold_s: float = 0.0
+    complete: Callable[[], Response] | None = None
+
+
+_GATEWAY_PATH = re.compile(r"^(/gw/api/v\d+)(/.*)$")
+
+
+def route_template(route: str) -> str:
+    """A gateway route (below /gw/api/vN) with its ids replaced by their names."""
+    for pattern, template in _STATUS_GETS:
+        if pattern.match(route):
+            return template
+    return route
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """How the statistics name an endpoint: METHOD and path template
+    (`GET /gw/api/v1/client-instructions/{clientInstructionId}`)."""
+    match = _GATEWAY_PATH.match(path)
+    if match is None:
+        return f"{method} {path}"
+    return f"{method} {match.group(1)}{route_template(match.group(2))}"
+
+
+def _unverified_claim(token: str, names: tuple[str, ...]) -> str:
+    """The first of the claims `names` a compact JWS carries, read without verifying it;
+    "" when it is not a JWS or carries none of them as a string."""
+    try:
+        claims = json.loads(parse_compact_jws(token).payload)
+    except ValueError:
+        return ""
+    if not isinstance(claims, dict):
+        return ""
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def is_loopback(host: str) -> bool:
@@ -114,6 +168,13 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def _received(request: Request) -> float:
+    """The request's receipt stamp (`SandboxApp.handle` sets it before routing)."""
+    if request.received_at is None:
+        raise RuntimeError("a request reached routing without a receipt stamp")
+    return request.received_at
 
 
 def json_response(status: int, body: Any, *, headers: dict[str, str] | None = None) -> Response:
@@ -163,6 +224,8 @@ class SandboxPort(Protocol):
     @property
     def request_stats(self) -> Stats: ...
     @property
+    def arrival_log(self) -> Arrivals: ...
+    @property
     def base_url_or_none(self) -> str | None: ...
 
     def register_client(
@@ -176,13 +239,20 @@ class SandboxPort(Protocol):
     def clock_state(self) -> dict[str, Any]: ...
     def ledger_counts(self) -> dict[int, int]: ...
     def stats(self, *, include_requests: bool = False) -> dict[str, Any]: ...
+    def arrivals(self) -> list[Arrival]: ...
     def set_faults(
         self,
         *,
         error_500_rate: float | None = None,
         error_503_rate: float | None = None,
         drop_response_rate: float | None = None,
+        inflight_rate: float | None = None,
+        inflight_hold_s: float | None = None,
+        answer_delay_rate: float | None = None,
+        answer_delay_s: float | None = None,
     ) -> dict[str, float]: ...
+    def duplicate_post(self) -> str: ...
+    def set_duplicate_post(self, policy: str) -> str: ...
     def revoke_tokens(self) -> int: ...
     def downtime_now(self, seconds: float) -> float: ...
     def deposit_arrived(self, client_or_instruction_id: int) -> dict[str, Any]: ...
@@ -199,20 +269,29 @@ class SandboxApp:
         self.sandbox = sandbox
         self.config = sandbox.config
         self._real_time = real_time
+        # Bearer token -> the client its claims name (tokens repeat; parsing them need not).
+        self._token_clients: dict[str, str] = {}
 
     # --- entry ----------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
-        """Answer `request`; never raises for bad input (a sandbox bug answers 500)."""
+        """Answer `request`; never raises for bad input (a sandbox bug answers 500). Every
+        request but the admin API's is first counted as an arrival at its receipt stamp. A
+        response with `hold_s` or `complete` is finished by the caller (see `Response`)."""
+        received_at = request.received_at
+        if received_at is None:
+            received_at = self._real_time()
+            request = dataclasses.replace(request, received_at=received_at)
         parts = urlsplit(request.target)
         path, query = parts.path, parse_qs(parts.query)
         try:
             if path.startswith(ADMIN + "/"):
                 return self._admin(request, path[len(ADMIN) :], query)
+            self.count_arrival(request)
             if path == TOKEN_PATH:
                 response = self._token(request)
                 self.sandbox.request_stats.record(
-                    f"POST {TOKEN_PATH}", response.status, "", self._real_time()
+                    f"POST {TOKEN_PATH}", response.status, "", received_at
                 )
                 return response
             if path == JWKS_PATH and request.method == "GET":
@@ -221,19 +300,55 @@ class SandboxApp:
                 route = path[len(GW) :]
                 endpoint = f"{request.method} {GW}{self._template(route)}"
                 response, client_id = self._gateway_inner(request, route, query, endpoint)
-                self.sandbox.request_stats.record(
-                    endpoint, 0 if response.drop else response.status, client_id, self._real_time()
-                )
+                if response.complete is None:
+                    # A POST held in flight is counted when it registers (see _held_post).
+                    self.sandbox.request_stats.record(
+                        endpoint, 0 if response.drop else response.status, client_id, received_at
+                    )
                 return response
             return problem(404, f"No such resource: {path}")
         except Exception as error:  # noqa: BLE001 - a sandbox bug must answer, not hang
             return problem(500, f"Internal Server Error: {type(error).__name__}: {error}")
 
     def _template(self, route: str) -> str:
-        for pattern, template in _STATUS_GETS:
-            if pattern.match(route):
-                return template
-        return route
+        return route_template(route)
+
+    def count_arrival(self, request: Request) -> None:
+        """Record `request` (stamped on receipt) as an arrival, as IBKR would count it. The
+        HTTP server calls this itself for requests it refuses before `handle` (411, 413)."""
+        path = urlsplit(request.target).path
+        if path.startswith(ADMIN + "/"):
+            return
+        self.sandbox.arrival_log.record(
+            _received(request),
+            self._claimed_client(request, path),
+            endpoint_name(request.method, path),
+        )
+
+    def _claimed_client(self, request: Request, path: str) -> str:
+        """The client a request claims to come from, as IBKR's counting would attribute it:
+        the bearer token's subject, or at the token endpoint the client assertion's `iss`;
+        read without checking signatures or expiry ("" when there is none)."""
+        if path == TOKEN_PATH:
+            if request.method != "POST":
+                return ""
+            try:
+                form = parse_qs(request.body.decode("ascii"))
+            except UnicodeDecodeError:
+                return ""
+            assertion = form.get("client_assertion", [""])[0]
+            return _unverified_claim(assertion, ("iss",))
+        scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return ""
+        token = value.strip()
+        found = self._token_clients.get(token)
+        if found is None:
+            found = _unverified_claim(token, ("sub", "csid"))
+            if len(self._token_clients) >= 1024:
+                self._token_clients.clear()
+            self._token_clients[token] = found
+        return found
 
     # --- token ----------------------------------------------------------------------------
 
@@ -300,7 +415,7 @@ class SandboxApp:
         return not route.startswith(("/echo/", "/enumerations/", "/participating-banks"))
 
     def _echo_signed(self, request: Request, token: AccessToken, endpoint: str) -> Response:
-        checked = self._checked(token, ("echo.write",), endpoint)
+        checked = self._checked(token, ("echo.write",), endpoint, _received(request))
         if checked is not None:
             return checked
         try:
@@ -314,12 +429,13 @@ class SandboxApp:
         return route in FUNDS_POSTS or any(p.match(route) for p, _ in _STATUS_GETS)
 
     def _checked(
-        self, token: AccessToken, scopes: tuple[str, ...], endpoint: str
+        self, token: AccessToken, scopes: tuple[str, ...], endpoint: str, received_at: float
     ) -> Response | None:
-        """403 when the token lacks every scope in `scopes`, 429 past the rate limits."""
+        """403 when the token lacks every scope in `scopes`, 429 past the rate limits (judged
+        by `received_at`, the request's receipt stamp, real POSIX seconds)."""
         if not any(scope in token.scopes for scope in scopes):
             return problem(403, f"token lacks sufficient scope: {' or '.join(scopes)} required")
-        wait = self.sandbox.limiter.admit(token.client.client_id, endpoint)
+        wait = self.sandbox.limiter.admit(token.client.client_id, endpoint, received_at)
         if wait is not None:
             return problem(
                 429,
@@ -365,7 +481,7 @@ class SandboxApp:
         hold_until: float | None,
     ) -> Response:
         sandbox = self.sandbox
-        checked = self._checked(token, (scope,), endpoint)
+        checked = self._checked(token, (scope,), endpoint, _received(request))
         if checked is not None:
             return checked
         try:
@@ -381,16 +497,76 @@ class SandboxApp:
                 kind="/invalid-argument",
                 invalidArguments=invalid.invalid_arguments,
             )
+        if sandbox.faults.roll("inflight_rate"):
+            return self._held_post(request, token, validated, endpoint, hold_until)
         drop = sandbox.faults.roll("drop_response_rate")
+        response = self._register(token, validated, hold_until)
+        if drop:
+            return Response(0, drop=True, close=True)
+        if sandbox.faults.roll("answer_delay_rate"):
+            sandbox.request_stats.answer_delayed()
+            response.hold_s = sandbox.faults.hold_s("answer_delay_s")
+        return response
+
+    def _register(
+        self, token: AccessToken, validated: ValidatedRequest, hold_until: float | None
+    ) -> Response:
+        """Register a checked funds POST in the ledger (ids, business checks, state machines)
+        and render its answer."""
+        sandbox = self.sandbox
         try:
             status, body = sandbox.ledger.submit(token.client, validated, hold_until=hold_until)
         except QueryThrottled as throttled:
             speed = sandbox.clock.speed
             wait = throttled.retry_after_s / speed if speed else throttled.retry_after_s
             return problem(429, throttled.detail, headers={"Retry-After": retry_after_header(wait)})
-        if drop:
-            return Response(0, drop=True, close=True)
         return self._render(status, body)
+
+    def _held_post(
+        self,
+        request: Request,
+        token: AccessToken,
+        validated: ValidatedRequest,
+        endpoint: str,
+        hold_until: float | None,
+    ) -> Response:
+        """A funds POST held in flight: nothing is registered now; after `inflight_hold_s`
+        real seconds the caller runs `complete`, which registers it as a POST arriving then
+        would be (unless `inflight_recheck_exp` finds its signed body expired by then)."""
+        sandbox = self.sandbox
+        sandbox.request_stats.held_in_flight()
+        received_at = _received(request)
+
+        def complete() -> Response:
+            try:
+                if self.config.inflight_recheck_exp and self._body_expired(request):
+                    response = problem(
+                        self.config.body_jwt_error_status,
+                        "signed request has expired (checked again when the held request "
+                        "registered)",
+                    )
+                else:
+                    response = self._register(token, validated, hold_until)
+            except Exception as error:  # noqa: BLE001 - as in handle: a sandbox bug answers
+                response = problem(500, f"Internal Server Error: {type(error).__name__}: {error}")
+            sandbox.request_stats.record(
+                endpoint, response.status, token.client.client_id, received_at
+            )
+            return response
+
+        return Response(0, hold_s=sandbox.faults.hold_s("inflight_hold_s"), complete=complete)
+
+    def _body_expired(self, request: Request) -> bool:
+        """True when the signed body's `exp` has passed (the leeway the arrival check allows
+        included), by the real clock now."""
+        try:
+            claims = jsontext.loads(parse_compact_jws(request.body.decode("ascii").strip()).payload)
+        except ValueError:
+            return True
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if not isinstance(exp, int | float | Decimal) or isinstance(exp, bool):
+            return True
+        return float(exp) < self._real_time() - self.config.jwt_leeway_s
 
     def _gets(
         self,
@@ -405,7 +581,7 @@ class SandboxApp:
             match = pattern.match(route)
             if match is None:
                 continue
-            checked = self._checked(token, ("instructions.read",), endpoint)
+            checked = self._checked(token, ("instructions.read",), endpoint, _received(request))
             if checked is not None:
                 return checked
             raw = match.group(1)
@@ -430,7 +606,7 @@ class SandboxApp:
                 )
             return self._render(found[0], found[1])
         if route == "/echo/https":
-            checked = self._checked(token, ("echo.read",), endpoint)
+            checked = self._checked(token, ("echo.read",), endpoint, _received(request))
             if checked is not None:
                 return checked
             parameters = {name: values[0] for name, values in query.items()}
@@ -439,7 +615,9 @@ class SandboxApp:
                 {"requestMethod": "GET", "securityPolicy": "HTTPS", "queryParameters": parameters},
             )
         if route == "/participating-banks" or route.startswith("/enumerations/"):
-            checked = self._checked(token, ("enumerations.read", "accounts.read"), endpoint)
+            checked = self._checked(
+                token, ("enumerations.read", "accounts.read"), endpoint, _received(request)
+            )
             if checked is not None:
                 return checked
             return self._enumeration(route, query)
@@ -517,13 +695,25 @@ class SandboxApp:
             return json_response(200, sandbox.clock_state())
         if method == "GET" and route == "/balances":
             return json_response(200, sandbox.balances())
+        if method == "GET" and route == "/arrivals":
+            arrivals = [
+                {"at": arrival.at, "clientId": arrival.client_id, "endpoint": arrival.endpoint}
+                for arrival in sandbox.arrivals()
+            ]
+            return json_response(200, {"arrivals": arrivals})
         if method == "POST" and route == "/faults":
-            rates = {
-                name: float(data[name])
-                for name in ("error_500_rate", "error_503_rate", "drop_response_rate")
-                if name in data
-            }
-            return json_response(200, sandbox.set_faults(**rates))
+            unknown = sorted(set(data) - set(FAULT_RATES) - set(FAULT_HOLDS))
+            if unknown:
+                known = ", ".join((*FAULT_RATES, *FAULT_HOLDS))
+                raise ValueError(f"unknown fault settings {unknown}; the known ones are {known}")
+            return json_response(
+                200, sandbox.set_faults(**{name: float(value) for name, value in data.items()})
+            )
+        if method == "GET" and route == "/duplicate-post":
+            return json_response(200, {"duplicatePost": sandbox.duplicate_post()})
+        if method == "POST" and route == "/duplicate-post":
+            policy = sandbox.set_duplicate_post(str(data.get("duplicatePost", "")))
+            return json_response(200, {"duplicatePost": policy})
         if method == "POST" and route == "/revoke-tokens":
             return json_response(200, {"revoked": sandbox.revoke_tokens()})
         if method == "POST" and route == "/downtime":

@@ -26,6 +26,20 @@ def _rate(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
+def _seconds(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0.0 <= value < float("inf"):
+        raise click.BadParameter(f"{param.name} must be a finite number of seconds >= 0")
+    return value
+
+
+def _delay_range(
+    _ctx: click.Context, param: click.Parameter, value: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    if value is not None and not 0.0 <= value[0] <= value[1]:
+        raise click.BadParameter(f"{param.name} takes LOW HIGH seconds with 0 <= LOW <= HIGH")
+    return value
+
+
 @click.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port; 0 picks a free one.")
@@ -69,7 +83,7 @@ def _rate(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     default="reject",
     show_default=True,
     help="Re-POST of a used clientInstructionId: 422 CORRUPT_DATA_DUBPLICATE_CP, or a second "
-    "transaction.",
+    "transaction that is applied (money moves again); status GETs answer 208 either way.",
 )
 @click.option(
     "--cancel-final-status",
@@ -158,6 +172,15 @@ def _rate(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     help="Internal cash transfers above this amount answer 202 and are batched.",
 )
 @click.option(
+    "--internal-cash-async-delay",
+    type=(float, float),
+    default=None,
+    callback=_delay_range,
+    metavar="LOW HIGH",
+    help="Internal cash 202s finish after a seeded delay in [LOW, HIGH] seconds each, instead "
+    "of at the next 30-60 s batch.",
+)
+@click.option(
     "--internal-cash-always-async",
     is_flag=True,
     default=False,
@@ -196,6 +219,42 @@ def _rate(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     callback=_rate,
     help="Share of POSTs applied whose response is then lost.",
 )
+@click.option(
+    "--inflight-rate",
+    default=0.0,
+    show_default=True,
+    callback=_rate,
+    help="Share of funds POSTs held in flight: registered only after --inflight-hold (status "
+    "GETs answer 404 meanwhile), then answered to whoever still listens.",
+)
+@click.option(
+    "--inflight-hold",
+    default=40.0,
+    show_default=True,
+    callback=_seconds,
+    help="Real seconds a POST is held in flight before it registers.",
+)
+@click.option(
+    "--inflight-recheck-exp/--no-inflight-recheck-exp",
+    default=False,
+    show_default=True,
+    help="Check a held POST's signed-body exp again when it registers (expired: nothing "
+    "registers).",
+)
+@click.option(
+    "--answer-delay-rate",
+    default=0.0,
+    show_default=True,
+    callback=_rate,
+    help="Share of funds POSTs registered at once whose answer is held back --answer-delay.",
+)
+@click.option(
+    "--answer-delay",
+    default=40.0,
+    show_default=True,
+    callback=_seconds,
+    help="Real seconds a delayed answer is held back.",
+)
 @click.option("--callback-url", default=None, help="POST every status change (signed JWT) here.")
 @click.option(
     "--max-body-bytes",
@@ -223,6 +282,7 @@ def sandbox(**options: Any) -> None:
         Timings(),
         deposit_auto_arrival_s=options["deposit_auto_arrival"],
         withdrawal_s=options["withdrawal_delay"],
+        internal_cash_async_delay_s=options["internal_cash_async_delay"],
     )
     above = options["internal_cash_async_above"]
     config = SandboxConfig(
@@ -252,6 +312,11 @@ def sandbox(**options: Any) -> None:
         error_500_rate=options["error_500_rate"],
         error_503_rate=options["error_503_rate"],
         drop_response_rate=options["drop_response_rate"],
+        inflight_rate=options["inflight_rate"],
+        inflight_hold_s=options["inflight_hold"],
+        inflight_recheck_exp=options["inflight_recheck_exp"],
+        answer_delay_rate=options["answer_delay_rate"],
+        answer_delay_s=options["answer_delay"],
         callback_url=options["callback_url"],
         max_body_bytes=options["max_body_bytes"],
         timings=timings,

@@ -43,6 +43,20 @@ class Timings:
     full_transfer_s: float = 4 * 86_400.0
     #: Deposits arrive on their own after this long; None waits for `deposit_arrived`.
     deposit_auto_arrival_s: float | None = None
+    #: Internal cash 202s (the slow ones, bulk items, downtime holds) finish after a delay drawn
+    #: per instruction from this (low, high) range, fixed by the seed and the instructionId,
+    #: instead of at the next batch. None keeps the 30-60 s batches.
+    internal_cash_async_delay_s: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        delay = self.internal_cash_async_delay_s
+        if delay is not None:
+            low, high = delay
+            if not 0 <= low <= high:
+                raise ValueError(
+                    "internal_cash_async_delay_s must be (low, high) with 0 <= low <= high, "
+                    f"got {delay}"
+                )
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,9 @@ class SandboxConfig:
 
     # --- behaviour switches -----------------------------------------------------------------
     #: Re-POST of a used clientInstructionId: "reject" (422 CORRUPT_DATA_DUBPLICATE_CP) or
-    #: "accept" (a second transaction; status GETs then answer 208) (UNCERTAIN).
+    #: "accept" (a second transaction, applied: money moves again) (UNCERTAIN). Either way status
+    #: GETs of the id then answer 208 with the first transaction. `Sandbox.set_duplicate_post`
+    #: changes it at run time.
     duplicate_post: DuplicateBehaviour = "reject"
     #: Status a cancelled instruction ends in (UNCERTAIN; REJECTED is the only terminal
     #: non-success value of the enum).
@@ -123,10 +139,27 @@ class SandboxConfig:
     max_bank_instructions: int = 6
 
     # --- faults (also changeable at run time through `Sandbox.set_faults`) ---------------------
+    # Each rate is a share (0..1) drawn from the seeded generator per request.
     error_500_rate: float = 0.0
     error_503_rate: float = 0.0
-    #: POSTs applied whose response is then lost (the connection closes without an answer).
+    #: Funds POSTs applied whose response is then lost (the connection closes without an answer).
     drop_response_rate: float = 0.0
+    #: Funds POSTs held in flight: after the gateway's checks they wait `inflight_hold_s` real
+    #: seconds BEFORE they register (status GETs answer 404 meanwhile), then register as a POST
+    #: arriving at that moment would and answer whoever still listens.
+    inflight_rate: float = 0.0
+    inflight_hold_s: float = 40.0
+    #: Whether a held POST's signed-body `exp` is checked again when it registers (UNCERTAIN;
+    #: off is the worse branch: an expired body still registers).
+    inflight_recheck_exp: bool = False
+    #: Funds POSTs registered at once whose answer is written only `answer_delay_s` real seconds
+    #: later (the client has usually given up by then).
+    answer_delay_rate: float = 0.0
+    answer_delay_s: float = 40.0
+    #: In-process transport only: how long (real seconds) a caller waits for a held or delayed
+    #: answer before it gets `httpx.ReadTimeout` (0: at once); None uses the request's own httpx
+    #: read timeout, as a caller over a socket would.
+    transport_read_timeout_s: float | None = 0.0
 
     # --- callbacks ---------------------------------------------------------------------------
     #: POST every status change, signed with the sandbox key, to this URL (None: off).

@@ -288,6 +288,12 @@ def ach_delay_s(seed: int, instruction_id: int, low_s: float, high_s: float) -> 
     return float(_rng(seed, "ach", instruction_id).randint(int(low_s), int(high_s)))
 
 
+def internal_cash_delay_s(seed: int, instruction_id: int, low_s: float, high_s: float) -> float:
+    """How long a 202 internal cash transfer takes to finish when the sandbox draws a delay
+    per transfer: uniform in [low_s, high_s] seconds, fixed by the seed and the id."""
+    return _rng(seed, "internal-cash", instruction_id).uniform(low_s, high_s)
+
+
 def micro_amounts(seed: int, instruction_id: int) -> tuple[Decimal, Decimal]:
     """The two micro-deposit credits (each below one dollar, distinct) for `instruction_id`."""
     rng = _rng(seed, "micro", instruction_id)

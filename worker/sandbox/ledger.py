@@ -25,7 +25,7 @@ from worker.ibkr.calendar import EASTERN
 from worker.sandbox import fixtures
 from worker.sandbox.auth import RegisteredClient
 from worker.sandbox.clock import VirtualClock
-from worker.sandbox.config import SandboxConfig
+from worker.sandbox.config import DuplicateBehaviour, SandboxConfig
 from worker.sandbox.schemas import ValidatedRequest
 
 PENDING, PENDING_VERIFICATION = "PENDING", "PENDING_VERIFICATION"
@@ -193,6 +193,8 @@ class Ledger:
         self.config = config
         self.clock = clock
         self.lock = threading.RLock()
+        #: The duplicate-POST policy in force (starts as configured; `set_duplicate_post`).
+        self.duplicate_post: DuplicateBehaviour = config.duplicate_post
         self._on_change = on_change
         self._real_time = real_time
         self.accounts = fixtures.seed_accounts()
@@ -415,7 +417,7 @@ class Ledger:
                 instruction, 403, ("ERROR_PERMISSION_DENIED", f"Permission denied for {what}")
             )
             return instruction
-        if earlier and self.config.duplicate_post == "reject":
+        if earlier and self.duplicate_post == "reject":
             message = f"counterPartyTranId {cid} already exists for counterparty {client.client_id}"
             self._reject(instruction, 422, ("CORRUPT_DATA_DUBPLICATE_CP", message))
             return instruction
@@ -646,6 +648,26 @@ class Ledger:
         # The first batch boundary at least one period away: 30-60 s with the default.
         return (int((now + period) // period) + 1) * period
 
+    def _internal_cash_due(self, instruction: Instruction, now: float) -> float:
+        """When a 202 internal cash transfer is processed: after its own seeded delay when
+        `internal_cash_async_delay_s` is set, else at the next batch."""
+        delay = self.config.timings.internal_cash_async_delay_s
+        if delay is None:
+            return self._batch_time(now)
+        low_s, high_s = delay
+        return now + fixtures.internal_cash_delay_s(
+            self.config.seed, instruction.instruction_id, low_s, high_s
+        )
+
+    def set_duplicate_post(self, policy: str) -> DuplicateBehaviour:
+        """Switch the duplicate-POST policy ("reject" or "accept") for POSTs registered from
+        now on; returns it."""
+        if policy not in ("reject", "accept"):
+            raise ValueError(f'the duplicate-POST policy is "reject" or "accept", not {policy!r}')
+        with self.lock:
+            self.duplicate_post = "accept" if policy == "accept" else "reject"
+            return self.duplicate_post
+
     def _position_time(self, now: float) -> float:
         window = self.config.timings.position_window_s
         size = max(self.config.timings.position_batch_size, 1)
@@ -670,7 +692,7 @@ class Ledger:
             )
             if instruction.bulk or scheduled is not None or slow or held:
                 instruction.http_status = 202
-                due = self._batch_time(now)
+                due = self._internal_cash_due(instruction, now)
                 self._schedule(instruction, max(due, scheduled or due))
             else:
                 instruction.http_status = 201

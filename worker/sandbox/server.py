@@ -11,9 +11,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -22,7 +24,15 @@ from worker.sandbox.app import Request, Response, SandboxApp, problem
 from worker.sandbox.auth import Authority, RegisteredClient
 from worker.sandbox.clock import VirtualClock
 from worker.sandbox.config import SandboxConfig
-from worker.sandbox.gateway import Downtime, Faults, RateLimiter, Stats, quirk_body
+from worker.sandbox.gateway import (
+    Arrival,
+    Arrivals,
+    Downtime,
+    Faults,
+    RateLimiter,
+    Stats,
+    quirk_body,
+)
 from worker.sandbox.ledger import Instruction, Ledger
 
 log = structlog.get_logger(__name__)
@@ -59,6 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the sandbox keeps statistics instead of an access log."""
 
+    def parse_request(self) -> bool:
+        # The request line has just been read: this is when IBKR would count the request,
+        # before its headers and body are read and before any processing.
+        self.received_at = time.time()
+        return super().parse_request()
+
     def do_GET(self) -> None:
         self._serve("GET")
 
@@ -76,22 +92,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         app = self.server.app
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self._write(problem(411, "Send a Content-Length"), close=True)
-            return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._write(problem(400, "Bad Content-Length"), close=True)
-            return
-        if length > app.config.max_body_bytes:
-            # Refuse before reading; the unread body makes the connection unusable.
-            self._write(problem(413, "Request body exceeds the 20 MB limit"), close=True)
-            return
-        body = self.rfile.read(length) if length > 0 else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
-        request = Request(method, self.path, headers, body, self.client_address[0])
+        early = self._refusal(app.config.max_body_bytes)
+        if early is not None:
+            # Refused before reading the body; IBKR would still have counted the request.
+            app.count_arrival(
+                Request(method, self.path, headers, b"", self.client_address[0], self.received_at)
+            )
+            self._write(early, close=True)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        request = Request(
+            method, self.path, headers, body, self.client_address[0], self.received_at
+        )
         response = app.handle(request)
+        if response.hold_s > 0 or response.complete is not None:
+            # Held in flight, or its answer held back: this handler simply waits, as a slow
+            # backend would; the client has usually given up by the time the answer goes out.
+            finished = self.server.finish_held(response)
+            if finished is None:
+                self.close_connection = True
+                return
+            response = finished
         if response.drop:
             # The request was applied; its answer is lost with the connection.
             self.close_connection = True
@@ -99,6 +122,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         self._write(response, close=response.close)
+
+    def _refusal(self, max_body_bytes: int) -> Response | None:
+        """The answer to a request refused before its body is read, or None."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return problem(411, "Send a Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return problem(400, "Bad Content-Length")
+        if length > max_body_bytes:
+            # The unread body makes the connection unusable: it closes after the answer.
+            return problem(413, "Request body exceeds the 20 MB limit")
+        return None
 
     def _write(self, response: Response, *, close: bool = False) -> None:
         if close:
@@ -116,7 +152,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + response.body)
+        try:
+            self.wfile.write(head + response.body)
+        except OSError:
+            # The client went away (a timed-out caller of a held request, typically): the
+            # answer is lost, as it would be at IBKR; nothing to report.
+            self.close_connection = True
 
 
 class _Server(ThreadingHTTPServer):
@@ -125,10 +166,15 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], app: SandboxApp, on_open: Callable[[], None]
+        self,
+        address: tuple[str, int],
+        app: SandboxApp,
+        on_open: Callable[[], None],
+        finish_held: Callable[[Response], Response | None],
     ) -> None:
         self.app = app
         self._on_open = on_open
+        self.finish_held = finish_held
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -142,6 +188,11 @@ class _Server(ThreadingHTTPServer):
             else:
                 self._connections.discard(connection)
 
+    def open_connections(self) -> int:
+        """How many connections a handler is serving now."""
+        with self._connections_lock:
+            return len(self._connections)
+
     def close_connections(self) -> None:
         """Cut keep-alive connections so no handler thread serves after stop."""
         with self._connections_lock:
@@ -153,19 +204,32 @@ class _Server(ThreadingHTTPServer):
 
 class SandboxTransport(httpx.BaseTransport):
     """An httpx transport answering from the sandbox in-process (no socket). A lost response
-    raises `httpx.RemoteProtocolError`, as a closed connection does."""
+    raises `httpx.RemoteProtocolError`, as a closed connection does. A POST held in flight
+    registers on a timer thread once its hold ends; the caller waits at most `read_timeout_s`
+    real seconds for a held or delayed answer (None: the request's own httpx read timeout)
+    and otherwise gets `httpx.ReadTimeout`, as a caller over a socket would."""
 
-    def __init__(self, sandbox: Sandbox, *, client_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        *,
+        client_host: str = "127.0.0.1",
+        read_timeout_s: float | None = 0.0,
+    ) -> None:
         self._sandbox = sandbox
         self._client_host = client_host
+        self._read_timeout_s = read_timeout_s
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        received_at = time.time()
         body = request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
         target = request.url.raw_path.decode("ascii")
         answer = self._sandbox.app.handle(
-            Request(request.method, target, headers, body, self._client_host)
+            Request(request.method, target, headers, body, self._client_host, received_at)
         )
+        if answer.hold_s > 0 or answer.complete is not None:
+            answer = self._wait_for_held(answer, request)
         if answer.drop:
             raise httpx.RemoteProtocolError(
                 "Server disconnected without sending a response.", request=request
@@ -174,6 +238,36 @@ class SandboxTransport(httpx.BaseTransport):
         return httpx.Response(
             answer.status, headers=response_headers, content=answer.body, request=request
         )
+
+    def _wait_for_held(self, answer: Response, request: httpx.Request) -> Response:
+        patience_s = self._read_timeout_s
+        if patience_s is None:
+            timeouts = request.extensions.get("timeout", {})
+            patience_s = timeouts.get("read") if isinstance(timeouts, dict) else None
+        finished: Future[Response | None] = Future()
+
+        def run() -> None:
+            try:
+                finished.set_result(self._sandbox._finish_held(answer))
+            except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
+                finished.set_exception(error)
+
+        threading.Thread(target=run, name="sandbox-held-request", daemon=True).start()
+        wait_s = None if patience_s is None or answer.hold_s <= patience_s else patience_s
+        try:
+            result = finished.result(timeout=wait_s)
+        except FutureTimeout:
+            # The caller gave up; the held request still registers when its hold ends.
+            raise httpx.ReadTimeout(
+                f"No answer within {patience_s:g} s (the sandbox holds this request "
+                f"{answer.hold_s:g} s).",
+                request=request,
+            ) from None
+        if result is None:
+            raise httpx.RemoteProtocolError(
+                "The sandbox stopped while holding the request.", request=request
+            )
+        return result
 
 
 class _Callbacks:
@@ -241,9 +335,14 @@ class Sandbox:
             error_500_rate=self.config.error_500_rate,
             error_503_rate=self.config.error_503_rate,
             drop_response_rate=self.config.drop_response_rate,
+            inflight_rate=self.config.inflight_rate,
+            inflight_hold_s=self.config.inflight_hold_s,
+            answer_delay_rate=self.config.answer_delay_rate,
+            answer_delay_s=self.config.answer_delay_s,
         )
         self.downtime = Downtime(self.clock, calendar=self.config.downtime_calendar)
         self.request_stats = Stats()
+        self.arrival_log = Arrivals()
         self.app = SandboxApp(self)
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -259,7 +358,10 @@ class Sandbox:
             raise RuntimeError("the sandbox is already running")
         self._stopping.clear()
         self._server = _Server(
-            (self.config.host, self.config.port), self.app, self._connection_opened
+            (self.config.host, self.config.port),
+            self.app,
+            self._connection_opened,
+            self._finish_held,
         )
         serve = threading.Thread(
             target=self._server.serve_forever,
@@ -322,9 +424,29 @@ class Sandbox:
         """The token endpoint of the running sandbox."""
         return self.base_url + "/oauth2/api/v1/token"
 
-    def transport(self, *, client_host: str = "127.0.0.1") -> SandboxTransport:
-        """An httpx transport answering in-process (no socket, no start() needed)."""
-        return SandboxTransport(self, client_host=client_host)
+    def transport(
+        self,
+        *,
+        client_host: str = "127.0.0.1",
+        read_timeout_s: float | Literal["config"] | None = "config",
+    ) -> SandboxTransport:
+        """An httpx transport answering in-process (no socket, no start() needed).
+        `read_timeout_s`: how long (real seconds) a caller waits for a held or delayed answer
+        before `httpx.ReadTimeout`; None: the request's own read timeout; by default
+        `SandboxConfig.transport_read_timeout_s`."""
+        patience_s = (
+            self.config.transport_read_timeout_s if read_timeout_s == "config" else read_timeout_s
+        )
+        return SandboxTransport(self, client_host=client_host, read_timeout_s=patience_s)
+
+    def _finish_held(self, response: Response) -> Response | None:
+        """Wait out `response.hold_s` (real seconds), then produce the answer (a POST held in
+        flight registers now). None when the sandbox stopped meanwhile: nothing registers."""
+        if response.hold_s > 0 and self._stopping.wait(response.hold_s):
+            return None
+        if response.complete is not None:
+            return response.complete()
+        return response
 
     # --- clients --------------------------------------------------------------------------
 
@@ -373,13 +495,24 @@ class Sandbox:
     def stats(self, *, include_requests: bool = False) -> dict[str, Any]:
         """Requests per endpoint (count, statuses, per-second counts, busiest second), overall
         statuses, 429s, and each client's busiest sixty seconds; `include_requests` adds every
-        request as `{at, endpoint, status, clientId}` (real POSIX seconds); `connectionsOpened`
-        counts the TCP connections accepted (a client that keeps its connections alive opens
-        few)."""
+        request as `{at, endpoint, status, clientId}` (`at`: its receipt stamp, real POSIX
+        seconds); `connectionsOpened` counts the TCP connections accepted (a client that keeps
+        its connections alive opens few), `connectionsOpen` those served now; `inflightHeld`
+        and `answersDelayed` count the POSTs those faults picked; `arrivals` counts every
+        request as IBKR would, on receipt (see `Arrivals.snapshot`: total, exact
+        `maxPerEndpointPerSecond` and `maxPerClientPerMinute`)."""
         body = self.request_stats.snapshot(include_requests=include_requests)
         with self._opened_lock:
             body["connectionsOpened"] = self._connections_opened
+        server = self._server
+        body["connectionsOpen"] = server.open_connections() if server is not None else 0
+        body["arrivals"] = self.arrival_log.snapshot()
         return body
+
+    def arrivals(self) -> list[Arrival]:
+        """Every request's receipt stamp (real POSIX seconds), claimed client and endpoint,
+        in the order they were recorded; the admin API's own requests are not counted."""
+        return self.arrival_log.list()
 
     def _connection_opened(self) -> None:
         with self._opened_lock:
@@ -391,13 +524,31 @@ class Sandbox:
         error_500_rate: float | None = None,
         error_503_rate: float | None = None,
         drop_response_rate: float | None = None,
+        inflight_rate: float | None = None,
+        inflight_hold_s: float | None = None,
+        answer_delay_rate: float | None = None,
+        answer_delay_s: float | None = None,
     ) -> dict[str, float]:
-        """Change fault rates (0..1); returns all rates now in force."""
+        """Change fault rates (0..1) and hold times (real seconds); returns all of them now
+        in force. See `SandboxConfig` for what each fault does."""
         return self.faults.set(
             error_500_rate=error_500_rate,
             error_503_rate=error_503_rate,
             drop_response_rate=drop_response_rate,
+            inflight_rate=inflight_rate,
+            inflight_hold_s=inflight_hold_s,
+            answer_delay_rate=answer_delay_rate,
+            answer_delay_s=answer_delay_s,
         )
+
+    def duplicate_post(self) -> str:
+        """The duplicate-POST policy in force: "reject" or "accept"."""
+        return self.ledger.duplicate_post
+
+    def set_duplicate_post(self, policy: str) -> str:
+        """Switch the duplicate-POST policy for POSTs registered from now on: "reject" (422
+        CORRUPT_DATA_DUBPLICATE_CP) or "accept" (a second transaction, applied). Returns it."""
+        return self.ledger.set_duplicate_post(policy)
 
     def revoke_tokens(self) -> int:
         """Invalidate every access token issued so far (clients must re-authenticate)."""

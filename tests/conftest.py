@@ -221,14 +221,20 @@ def make_pipeline(
 ) -> Iterator[Callable[..., object]]:
     """`make_pipeline(extra_env=None, **sandbox_config)`: a `tests.integration.pipeline.Pipeline`
     on this test's database and vhost, with a sandbox configured by `sandbox_config`; its
-    processes are stopped and the sandbox closed at the end of the test."""
+    processes are stopped and the sandbox closed at the end of the test.
+
+    The sandbox accepts a re-POST of a used clientInstructionId as a second transaction unless
+    the test says otherwise (the worse branch of reference 8.4): a second POST then shows up as
+    money applied twice (`ledger_counts`), not as a harmless 422."""
     from tests.integration.pipeline import Pipeline, make_sandbox
 
     private_key, public_key = rsa_key_files
     made: list[Pipeline] = []
 
     def make(extra_env: dict[str, str] | None = None, **sandbox_config: object) -> Pipeline:
-        sandbox = make_sandbox(public_key.read_bytes(), **sandbox_config)
+        sandbox = make_sandbox(
+            public_key.read_bytes(), **{"duplicate_post": "accept", **sandbox_config}
+        )
         pipe = Pipeline(
             pg_url, fresh_amqp_url, sandbox, private_key, tmp_path, extra_env=dict(extra_env or {})
         )

@@ -24,6 +24,14 @@ from worker.sandbox import Sandbox, SandboxConfig
 
 BIN = Path(sys.executable).parent
 FINAL = frozenset({"PROCESSED", "REJECTED", "FAILED", "CONFLICT"})
+#: The worst IBKR the reference allows, for the sandbox: a re-POST of a used id registers a
+#: second transaction, and some POSTs are held in flight longer than the worker's HTTP timeout
+#: (5 s) before they register, while status GETs answer 404.
+WORST_IBKR: dict[str, Any] = {
+    "duplicate_post": "accept",
+    "inflight_rate": 0.06,
+    "inflight_hold_s": 8.0,
+}
 CLIENT_ID = "it-client"
 KEY_ID = "it-key"
 
@@ -202,6 +210,15 @@ class Pipeline:
                 return
             time.sleep(poll_s)
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs()}")
+
+    def applied_twice_or_lost(self, cids: Iterable[int]) -> dict[str, Any]:
+        """What the sandbox's books say went wrong: ids applied more than once, ids of `cids`
+        never applied (empty both when every instruction moved exactly once)."""
+        counts = self.sandbox.ledger_counts()
+        return {
+            "applied_twice": {cid: n for cid, n in counts.items() if n > 1},
+            "lost": sorted(set(cids) - set(counts)),
+        }
 
     def wait_final(
         self, count: int, timeout_s: float = 60.0, poll_s: float = 0.25

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import TEST_DATABASE_URL
-from tests.integration.pipeline import EventCollector, Pipeline
+from tests.integration.pipeline import WORST_IBKR, EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.serial]
 
@@ -91,7 +91,7 @@ def wait_all_final(pipeline: Pipeline, cids: set[int], timeout_s: float) -> None
 def test_a_rabbitmq_restart_mid_run_loses_nothing_and_needs_no_manual_step(
     make_pipeline: Callable[..., Pipeline], rabbitmq_back_up: None
 ) -> None:
-    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100))
+    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100), **WORST_IBKR)
     events = EventCollector(pipeline.broker_url, "instruction.processed", durable=True)
     pipeline.start_worker()
     pipeline.start_scheduler()
@@ -115,7 +115,7 @@ def test_a_rabbitmq_restart_mid_run_loses_nothing_and_needs_no_manual_step(
 def test_postgresql_connections_cut_repeatedly_mid_run_lose_nothing(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100))
+    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100), **WORST_IBKR)
     events = EventCollector(pipeline.broker_url, "instruction.processed")
     pipeline.start_worker()
     pipeline.start_scheduler()
@@ -177,7 +177,7 @@ def postgresql_back_up() -> Iterator[None]:
 def test_a_postgresql_server_restart_mid_run_loses_nothing_and_needs_no_manual_step(
     make_pipeline: Callable[..., Pipeline], postgresql_back_up: None
 ) -> None:
-    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100))
+    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100), **WORST_IBKR)
     events = EventCollector(pipeline.broker_url, "instruction.processed")
     pipeline.start_worker()
     pipeline.start_scheduler()

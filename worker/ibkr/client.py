@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from worker.clock import Clock, SystemClock
 from worker.config import ConfigError, Settings
+from worker.ibkr import ids
 from worker.ibkr.auth import AuthenticationError, IbkrAuth
 from worker.ibkr.endpoints import (
     CLIENT_INSTRUCTION_STATUS,
@@ -200,8 +201,10 @@ class IbkrClient:
 
     def _get(self, endpoint: Endpoint, **path_params: int) -> ApiResult:
         for name, value in path_params.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int for {endpoint.key}, got {value!r}")
+            if not ids.is_id(value) or value == ids.NO_ID:
+                raise ValueError(
+                    f"{name} must be an int other than 0, {ids.ID_DOMAIN}, for {endpoint.key}"
+                )
         return self._with_throttle_retries(endpoint, endpoint.url_path(**path_params), None)
 
     def _with_throttle_retries(

@@ -22,6 +22,7 @@ from models import ClientInstruction, Submission, next_client_instruction_id
 from models.db import allocate_ids, one_of
 from models.unsaved import insert_unsaved, new_unsaved, table_of
 from worker import jsontext
+from worker.ibkr.ids import as_client_instruction_id
 from worker.ibkr.requests import (
     ParsedRequest,
     RequestValidationError,
@@ -103,15 +104,7 @@ def _correlation_problem(correlation_id: Any) -> str | None:
 
 def _as_id(value: Any) -> int | None:
     """A usable clientInstructionId, or None when the value cannot be one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 20:
-        number = int(value)
-    else:
-        return None
-    return number if 0 < number <= MAX_ID else None
+    return as_client_instruction_id(value)
 
 
 def _identify(raw: Any) -> tuple[str, bool, list[dict[str, Any]], list[int | None]]:

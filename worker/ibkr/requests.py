@@ -88,6 +88,15 @@ class ParsedRequest:
 
 # --- the shape of the input, before any model sees it -----------------------------------------
 
+_MAX_KEY_SHOWN = 64
+
+
+def _key_text(key: str) -> str:
+    """A key as a field path shows it: `""` for an empty key, a long one cut short."""
+    if not key:
+        return '""'
+    return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
+
 
 def _structure_problem(raw: Any) -> tuple[str, str] | None:
     """(path, problem) for the first key or string that is not ASCII, key that is not a string,
@@ -108,7 +117,7 @@ def _structure_problem(raw: Any) -> tuple[str, str] | None:
             for key, item in value.items():
                 if not isinstance(key, str):
                     return path or "request", "has a key that is not a string"
-                child = f"{path}.{key}" if path else key
+                child = f"{path}.{_key_text(key)}" if path else _key_text(key)
                 if not key.isascii():
                     return child, _NON_ASCII
                 children.append((item, child, depth + 1))
@@ -126,8 +135,8 @@ def _join(prefix: str, loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part:
-            path += f".{part}" if path else str(part)
+        else:
+            path += f".{_key_text(str(part))}" if path else _key_text(str(part))
     return path
 
 
@@ -247,7 +256,7 @@ def _instruction_type(raw: Mapping[str, Any]) -> str:
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1, cutoff=0.8)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise RequestValidationError(
-                key,
+                _key_text(key),
                 "is not allowed at the top level; a request has instructionType and "
                 f"instruction (or instructions for bulk){hint}",
             )

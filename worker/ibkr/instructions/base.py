@@ -67,20 +67,21 @@ class Model(BaseModel):
     MAX_FIELDS: ClassVar[int | None] = None
 
     @classmethod
-    def field_count(cls, data: Mapping[Any, Any]) -> int:
-        """How many fields the object will have when sent."""
-        return len(data)
+    def field_count(cls, data: Mapping[Any, Any]) -> tuple[int, str]:
+        """How many fields the object will have when sent, and a note on how they are counted."""
+        return len(data), ""
 
     @model_validator(mode="before")
     @classmethod
     def _canonical_names(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        if cls.MAX_FIELDS is not None and cls.field_count(data) > cls.MAX_FIELDS:
+        count, note = cls.field_count(data)
+        if cls.MAX_FIELDS is not None and count > cls.MAX_FIELDS:
             raise FieldProblem(
                 "",
-                f"has {cls.field_count(data)} fields; IBKR accepts at most {cls.MAX_FIELDS} "
-                "here (maxProperties of its schema)",
+                f"has {count} fields{note}; IBKR accepts at most {cls.MAX_FIELDS} here "
+                "(maxProperties of its schema)",
             )
         if not cls.ALIASES:
             return data
@@ -107,6 +108,8 @@ class Instruction(Model):
     clientInstructionId: ClientInstructionId | None = None
 
     @classmethod
-    def field_count(cls, data: Mapping[Any, Any]) -> int:
+    def field_count(cls, data: Mapping[Any, Any]) -> tuple[int, str]:
+        if data.get("clientInstructionId") is not None:
+            return len(data), ""
         # The worker adds a clientInstructionId when the request has none.
-        return len(data) + (0 if data.get("clientInstructionId") is not None else 1)
+        return len(data) + 1, " (counting the clientInstructionId the worker adds)"

@@ -98,32 +98,52 @@ def _key_text(key: str) -> str:
     return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
 
 
+def _path(where: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in where:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{_key_text(part)}" if path else _key_text(part)
+    return path or "request"
+
+
+_LEAF_TYPES = frozenset({int, float, bool, Decimal, type(None)})
+
+
 def _structure_problem(raw: Any) -> tuple[str, str] | None:
     """(path, problem) for the first key or string that is not ASCII, key that is not a string,
     or container nested past MAX_DEPTH; None when there is none. Walked without recursion."""
-    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(raw, ())]
     while stack:
-        value, path, depth = stack.pop()
+        value, where = stack.pop()
         if isinstance(value, str):
             if not value.isascii():
-                return path or "request", _NON_ASCII
+                return _path(where), _NON_ASCII
             continue
-        if not isinstance(value, Mapping | list | tuple):
-            continue
-        if depth >= MAX_DEPTH:
-            return path or "request", f"nests deeper than {MAX_DEPTH} levels; no IBKR request does"
-        children: list[tuple[Any, str, int]] = []
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    return path or "request", "has a key that is not a string"
-                child = f"{path}.{_key_text(key)}" if path else _key_text(key)
-                if not key.isascii():
-                    return child, _NON_ASCII
-                children.append((item, child, depth + 1))
+        if isinstance(value, dict | list | tuple) or isinstance(value, Mapping):
+            if len(where) >= MAX_DEPTH:
+                return _path(where), f"nests deeper than {MAX_DEPTH} levels; no IBKR request does"
         else:
-            children = [(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
-        stack.extend(reversed(children))
+            continue
+        is_mapping = isinstance(value, Mapping)
+        items: Any = value.items() if isinstance(value, Mapping) else enumerate(value)
+        containers: list[tuple[Any, tuple[str | int, ...]]] = []
+        for key, item in items:
+            if is_mapping:
+                if not isinstance(key, str):
+                    return _path(where), "has a key that is not a string"
+                if not key.isascii():
+                    return _path((*where, key)), _NON_ASCII
+            kind = type(item)
+            if kind in _LEAF_TYPES:
+                continue
+            if kind is str or isinstance(item, str):
+                if not item.isascii():
+                    return _path((*where, key)), _NON_ASCII
+            elif isinstance(item, dict | list | tuple) or isinstance(item, Mapping):
+                containers.append((item, (*where, key)))
+        stack.extend(reversed(containers))
     return None
 
 
@@ -228,8 +248,10 @@ def _ordered(value: Any, raw: Any) -> Any:
         for key in raw:
             name = canonical(key)
             field_value = getattr(value, name)
-            if field_value is not None:
+            if isinstance(field_value, BaseModel | list):
                 result[name] = _ordered(field_value, raw[key])
+            elif field_value is not None:
+                result[name] = field_value
         return result
     if isinstance(value, list) and isinstance(raw, list):
         return [_ordered(item, raw_item) for item, raw_item in zip(value, raw, strict=True)]

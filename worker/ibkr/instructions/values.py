@@ -136,7 +136,8 @@ def read_number(value: Any, rule: NumberRule) -> Decimal:
             )
         if exponent > 0:
             digits, exponent = digits + "0" * exponent, 0
-    number = Decimal((sign, tuple(int(digit) for digit in digits), exponent))
+    # Built from bounded text (digits and an exponent within the rule), so never expanded.
+    number = Decimal(f"{'-' if sign else ''}{digits}E{exponent}")
     below = number < rule.minimum or (rule.minimum_exclusive and number == rule.minimum)
     if below or (rule.maximum is not None and number > rule.maximum):
         raise ValueError(_range_text(rule))

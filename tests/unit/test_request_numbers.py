@@ -287,7 +287,8 @@ def _check(raw: Any) -> None:
         assert error.field and error.message
         assert len(str(error)) < 1000
         return
-    body = build_body(parsed, list(range(1, len(parsed.members) + 1)))
+    given = [member.get("clientInstructionId") for member in parsed.members]
+    body = build_body(parsed, [n if n is not None else i + 1 for i, n in enumerate(given)])
     text = jsontext.dumps(body)
     for number in _numbers_in(text):
         # No accepted number expands: at most 18 digits, a point and 10 decimals (and a sign).

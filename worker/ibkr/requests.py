@@ -32,18 +32,20 @@ from worker.ibkr.endpoints import (
 from worker.ibkr.instructions import (
     INSTRUCTION_MODELS,
     V2_INSTRUCTION_MODELS,
-    FieldProblem,
     Instruction,
     Model,
+)
+from worker.ibkr.instructions.problems import (
+    MAX_DEPTH,
+    key_text,
+    structure_problem,
+    validation_problem,
 )
 from worker.ibkr.instructions.values import read_client_instruction_id
 
 # clientInstructionId must stay exact as a JSON double (reference §4.2; worker.ibkr.ids).
 MAX_CLIENT_INSTRUCTION_ID = ids.MAX_ID
-#: No IBKR request nests deeper than a few levels; far deeper input is refused, not walked.
-MAX_DEPTH = 16
 _TOP_LEVEL = ("instructionType", "instruction", "instructions")
-_NON_ASCII = "contains non-ASCII characters, which a signed IBKR body cannot carry; use ASCII only"
 # instructionType values IBKR's own documents misspell (2.13), with the value to send.
 _MISSPELT_TYPES = {"QUERY_WITHDAWABLE_FUNDS": "QUERY_WITHDRAWABLE_FUNDS"}
 assert set(INSTRUCTION_MODELS) == set(ENDPOINTS), "every endpoint type needs a model"
@@ -86,155 +88,6 @@ class ParsedRequest:
     members: tuple[dict[str, Any], ...]
 
 
-# --- the shape of the input, before any model sees it -----------------------------------------
-
-_MAX_KEY_SHOWN = 64
-
-
-def _key_text(key: str) -> str:
-    """A key as a field path shows it: `""` for an empty key, a long one cut short."""
-    if not key:
-        return '""'
-    return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
-
-
-def _path(where: tuple[str | int, ...]) -> str:
-    path = ""
-    for part in where:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{_key_text(part)}" if path else _key_text(part)
-    return path or "request"
-
-
-_LEAF_TYPES = frozenset({int, float, bool, Decimal, type(None)})
-
-
-def _structure_problem(raw: Any) -> tuple[str, str] | None:
-    """(path, problem) for the first key or string that is not ASCII, key that is not a string,
-    or container nested past MAX_DEPTH; None when there is none. Walked without recursion."""
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(raw, ())]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, str):
-            if not value.isascii():
-                return _path(where), _NON_ASCII
-            continue
-        if isinstance(value, dict | list | tuple) or isinstance(value, Mapping):
-            if len(where) >= MAX_DEPTH:
-                return _path(where), f"nests deeper than {MAX_DEPTH} levels; no IBKR request does"
-        else:
-            continue
-        is_mapping = isinstance(value, Mapping)
-        items: Any = value.items() if isinstance(value, Mapping) else enumerate(value)
-        containers: list[tuple[Any, tuple[str | int, ...]]] = []
-        for key, item in items:
-            if is_mapping:
-                if not isinstance(key, str):
-                    return _path(where), "has a key that is not a string"
-                if not key.isascii():
-                    return _path((*where, key)), _NON_ASCII
-            kind = type(item)
-            if kind in _LEAF_TYPES:
-                continue
-            if kind is str or isinstance(item, str):
-                if not item.isascii():
-                    return _path((*where, key)), _NON_ASCII
-            elif isinstance(item, dict | list | tuple) or isinstance(item, Mapping):
-                containers.append((item, (*where, key)))
-        stack.extend(reversed(containers))
-    return None
-
-
-# --- pydantic errors in words an operator acts on ---------------------------------------------
-
-
-def _join(prefix: str, loc: Sequence[int | str]) -> str:
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{_key_text(str(part))}" if path else _key_text(str(part))
-    return path
-
-
-def _literal_options(expected: str) -> str:
-    # pydantic writes "'A', 'B' or 'C'"; numbers come without quotes.
-    parts = [part.strip().strip("'") for part in expected.replace(" or ", ",").split(",")]
-    return ", ".join(part for part in parts if part)
-
-
-def _suggestion(name: str, model: type[Model]) -> str:
-    known = [*model.model_fields, *model.ALIASES]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _describe(
-    error: Mapping[str, Any], instruction_type: str, model: type[Model]
-) -> tuple[list[int | str], str]:
-    """(extra location, message) for one pydantic error."""
-    kind = error.get("type", "")
-    ctx = error.get("ctx") or {}
-    cause = ctx.get("error")
-    if isinstance(cause, FieldProblem):
-        parts: list[int | str] = [
-            int(part) if part.isdigit() else part for part in cause.field.split(".") if part
-        ]
-        return parts, cause.message
-    if kind == "missing":
-        return [], "is required but missing"
-    if kind == "extra_forbidden":
-        loc = error.get("loc", ())
-        hint = _suggestion(str(loc[-1]), model) if len(loc) == 1 else ""
-        return [], f"is not a field IBKR accepts for {instruction_type}; remove it{hint}"
-    if kind == "string_too_long":
-        return [], f"must be at most {ctx.get('max_length')} characters long"
-    if kind == "string_too_short":
-        minimum = ctx.get("min_length")
-        return [], "must not be empty" if minimum == 1 else f"must be at least {minimum} long"
-    if kind in {"string_type", "string_unicode"}:
-        return [], "must be a string"
-    if kind == "string_pattern_mismatch":
-        pattern = str(ctx.get("pattern", ""))
-        if "A-Z" in pattern:
-            return [], "must be a three-letter upper-case ISO 4217 currency code"
-        if "0-9]{4}" in pattern:
-            return [], "must be a four-digit year"
-        return [], f"must match {pattern}"
-    if kind == "literal_error":
-        return [], f"must be one of {_literal_options(str(ctx.get('expected', '')))}"
-    if kind in {"model_type", "model_attributes_type", "dict_type"}:
-        return [], "must be a JSON object"
-    if kind in {"list_type", "too_short"}:
-        return [], "must be a non-empty list"
-    if kind in {"bool_type", "bool_parsing"}:
-        return [], "must be true or false"
-    if kind == "value_error":
-        return [], str(error.get("msg", "is invalid")).removeprefix("Value error, ")
-    return [], "is invalid"
-
-
-def _validation_error(
-    error: ValidationError, prefix: str, instruction_type: str, model: type[Model]
-) -> RequestValidationError:
-    first = error.errors(include_url=False, include_input=False)[0]
-    loc = list(first.get("loc", ()))
-    extra_loc, message = _describe(first, instruction_type, model)
-    # Tagged unions and `Literal` behind a validator report sub-locations; keep fields only.
-    loc = [
-        part
-        for part in loc
-        if not (
-            isinstance(part, str)
-            and (part.startswith(("literal[", "function-")) or part in {"bool", "str"})
-        )
-    ]
-    return RequestValidationError(_join(prefix, [*loc, *extra_loc]), message)
-
-
 # --- parsing ----------------------------------------------------------------------------------
 
 
@@ -267,7 +120,9 @@ def _parse_member(instruction_type: str, raw: Any, prefix: str, *, v2: bool) -> 
     try:
         parsed = model.model_validate(dict(raw))
     except ValidationError as error:
-        raise _validation_error(error, prefix, instruction_type, model) from None
+        raise RequestValidationError(
+            *validation_problem(error, prefix, instruction_type, model)
+        ) from None
     member: dict[str, Any] = _ordered(parsed, raw)
     return member
 
@@ -278,7 +133,7 @@ def _instruction_type(raw: Mapping[str, Any]) -> str:
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1, cutoff=0.8)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise RequestValidationError(
-                _key_text(key),
+                key_text(key),
                 "is not allowed at the top level; a request has instructionType and "
                 f"instruction (or instructions for bulk){hint}",
             )
@@ -305,7 +160,7 @@ def _parse(raw: object) -> ParsedRequest:
         raise RequestValidationError(
             "request", "must be a JSON object with instructionType and instruction(s)"
         )
-    problem = _structure_problem(raw)
+    problem = structure_problem(raw)
     if problem is not None:
         raise RequestValidationError(*problem)
     instruction_type = _instruction_type(raw)

@@ -5,6 +5,7 @@ v2 multi-position external asset transfers."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from tests.unit.test_ibkr_requests import CONTRA_BROKER, MINIMAL, single
 from worker import jsontext
 from worker.ibkr import endpoints
-from worker.ibkr.instructions import INSTRUCTION_MODELS, V2_INSTRUCTION_MODELS
+from worker.ibkr.instructions import INSTRUCTION_MODELS, V2_INSTRUCTION_MODELS, Model
 from worker.ibkr.requests import RequestValidationError, build_body, parse_request
 from worker.ibkr.schemas import instruction_schema
 
@@ -313,3 +314,68 @@ def test_stored_v2_submissions_find_their_endpoint_again() -> None:
 def test_v2_bodies_write_exact_quantities() -> None:
     body = build_body(parse_request(v2()), [1])
     assert '"quantity":2.5' in jsontext.dumps(body)
+
+
+# --- every field of both documents' schemas is known ------------------------------------------
+
+# 2.13's TradingInstrument offers, under oneOf, a bare number (`Conid`) or the description's three
+# fields flat on the instrument: self-contradictory for an object, and 2.13's own examples nest
+# the description in `tradingInstrumentDescription` as 2.29 does. Those flat names are not taken.
+SCHEMA_ERRORS_213 = {
+    ("tradingInstrument", "securityIdType"),
+    ("tradingInstrument", "securityId"),
+    ("tradingInstrument", "assetType"),
+}
+
+
+def _schema_fields(
+    node: Any, components: dict[str, Any], path: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
+    if "$ref" in node:
+        yield from _schema_fields(components[node["$ref"].rsplit("/", 1)[1]], components, path)
+        return
+    for key in ("allOf", "oneOf", "anyOf"):
+        for part in node.get(key, []):
+            yield from _schema_fields(part, components, path)
+    for name, child in node.get("properties", {}).items():
+        yield (*path, name)
+        yield from _schema_fields(child, components, (*path, name))
+    if "items" in node:
+        yield from _schema_fields(node["items"], components, path)
+
+
+def _known(model: Any, path: tuple[str, ...]) -> bool:
+    import typing
+
+    for depth, given in enumerate(path, 1):
+        name = model.ALIASES.get(given, given)
+        if name not in model.model_fields:
+            return False
+        annotation = model.model_fields[name].annotation
+        nested = [
+            arg
+            for arg in (annotation, *typing.get_args(annotation))
+            if isinstance(arg, type) and issubclass(arg, Model)
+        ]
+        model = nested[0] if nested else None
+        if model is None:
+            return depth == len(path)
+    return True
+
+
+@pytest.mark.parametrize("version", ["2.13", "2.29"])
+def test_every_field_of_both_documents_schemas_is_accepted(version: str) -> None:
+    """(Remove a field such as QueryRecurringInstructions.currency (2.13) to see this fail.)"""
+    from worker.ibkr.schemas import REQUEST_COMPONENTS, openapi_document
+
+    components = openapi_document(version)["components"]["schemas"]  # type: ignore[arg-type]
+    unknown = []
+    for instruction_type, component in REQUEST_COMPONENTS.items():
+        if component not in components:
+            continue  # newer than this document
+        for path in _schema_fields(components[component], components, ()):
+            if version == "2.13" and path in SCHEMA_ERRORS_213:
+                continue
+            if not _known(INSTRUCTION_MODELS[instruction_type], path):
+                unknown.append((instruction_type, ".".join(path)))
+    assert not unknown

@@ -122,10 +122,12 @@ class SandboxClient:
         content: bytes | None = None,
         content_type: str = "application/jwt",
         token: str | None = None,
+        gateway: str = GW,
     ) -> httpx.Response:
+        """POST `body` signed to `gateway` + `path` (`gateway="/gw/api/v2"` for v2)."""
         data = content if content is not None else self.sign(body).encode("ascii")
         headers = {**self.headers(token), "Content-Type": content_type}
-        return self.http.post(GW + path, content=data, headers=headers)
+        return self.http.post(gateway + path, content=data, headers=headers)
 
     def get(self, path: str, *, token: str | None = None) -> httpx.Response:
         return self.http.get(GW + path, headers=self.headers(token))

@@ -8,6 +8,7 @@ and logs to stderr. Exit codes: 0 success, 1 nothing found or the database faile
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from worker import audit as queries
 from worker import jsontext
 from worker.cli_settings import settings_or_exit
 from worker.config import Settings
+from worker.ibkr import ids
 
 STATUS_FIELDS = (
     "clientInstructionId",
@@ -103,6 +105,50 @@ def _print_json_lines(items: Sequence[dict[str, Any]]) -> None:
         click.echo(jsontext.dumps(item))
 
 
+def _id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    """An id of the domain `worker.ibkr.ids` states (signed, |id| <= 2**53 - 1), or None.
+
+    A malformed value fails the command with exit code 2, naming the parameter.
+    """
+    if value is None:
+        return None
+    try:
+        return ids.read_id(value)
+    except ids.IdError as error:
+        raise click.BadParameter(f"{value!r} is not an id: it {error}") from None
+
+
+_NEGATIVE_NUMBER = re.compile(r"-[0-9]+")
+
+
+class SignedIdCommand(click.Command):
+    """A command whose ID argument may be negative: `status -1988905739` reads the number as
+    the argument, where click alone would take it for an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in param.opts
+        }
+        options: list[str] = []
+        numbers: list[str] = []
+        rest: list[str] = []
+        after_option = False
+        for index, arg in enumerate(args):
+            if arg == "--":
+                rest = args[index + 1 :]
+                break
+            if not after_option and _NEGATIVE_NUMBER.fullmatch(arg):
+                numbers.append(arg)
+            else:
+                options.append(arg)
+            after_option = not after_option and arg in takes_value
+        # Everything after "--" is an argument, whatever it looks like.
+        return super().parse_args(ctx, [*options, "--", *numbers, *rest])
+
+
 # --- migrate ----------------------------------------------------------------------------------
 
 
@@ -141,14 +187,15 @@ def _print_state(state: dict[str, Any]) -> None:
         click.echo(f"{name.ljust(width)}  {text}")
 
 
-@click.command("status")
-@click.argument("client_instruction_id", required=False, type=int)
+@click.command("status", cls=SignedIdCommand)
+@click.argument("client_instruction_id", required=False, callback=_id)
 @click.option("--message-id", help="The message id `submit` printed, instead of an id.")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON (one line per member).")
 def status(client_instruction_id: int | None, message_id: str | None, as_json: bool) -> None:
     """The tracked state of one instruction, by CLIENT_INSTRUCTION_ID or by --message-id.
 
     A bulk request's message id shows every member. Exits 1 if the instruction is unknown.
+    CLIENT_INSTRUCTION_ID may be negative (IBKR's ids are signed): `status -1988905739`.
     """
     if (client_instruction_id is None) == (message_id is None):
         raise click.UsageError("give exactly one of CLIENT_INSTRUCTION_ID and --message-id")
@@ -224,9 +271,21 @@ AUDIT_HEADERS = (
 
 
 @click.command("audit")
-@click.option("--client-instruction-id", type=int, help="Events of this clientInstructionId.")
-@click.option("--instruction-id", type=int, help="Events of this IBKR instructionId.")
-@click.option("--instruction-set-id", type=int, help="Events of this IBKR instructionSetId.")
+@click.option(
+    "--client-instruction-id",
+    metavar="ID",
+    callback=_id,
+    help="Events of this clientInstructionId (may be negative).",
+)
+@click.option(
+    "--instruction-id", metavar="ID", callback=_id, help="Events of this IBKR instructionId."
+)
+@click.option(
+    "--instruction-set-id",
+    metavar="ID",
+    callback=_id,
+    help="Events of this IBKR instructionSetId.",
+)
 @click.option("--account", "account_id", help="Events of instructions on this account.")
 @click.option("--correlation-id", help="Events carrying this correlation id.")
 @click.option(

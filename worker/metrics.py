@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import ClientInstruction, DeadLetter, OutboxEvent
 from worker.ibkr.responses import ApiResult, Outcome
 
-_ID_SEGMENT = re.compile(r"/\d+(?=/|$)")
+_ID_SEGMENT = re.compile(r"/-?\d+(?=/|$)")
 NOT_FINAL = ("RECEIVED", "SUBMITTING", "PENDING", "PENDING_VERIFICATION")
 
 

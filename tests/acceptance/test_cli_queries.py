@@ -270,6 +270,46 @@ def test_status_usage_errors_exit_2(seeded: Cli, args: tuple[str, ...]) -> None:
     assert result.stdout == ""
 
 
+def test_negative_ids_are_read_as_ids_not_as_options(seeded: Cli) -> None:
+    """IBKR's ids are signed (its examples: -1988905739): `status -1988905739` and
+    `audit --client-instruction-id -5` look the ids up. (Drop SignedIdCommand from `status`
+    to see click answer "No such option: -1".)"""
+    engine = make_engine(seeded.database_url)
+    with make_session_factory(engine).begin() as session:
+        session.add(_instruction(-1988905739, instruction_set_id=-7))
+        session.add(
+            _event(
+                5,
+                client_instruction_id=-5,
+                instruction_id=-6,
+                instruction_set_id=-7,
+                to_status="PENDING",
+                reason="negative ids",
+            )
+        )
+    engine.dispose()
+
+    status = seeded("status", "-1988905739", "--json")
+    audit = seeded("audit", "--client-instruction-id", "-5", "--json")
+    by_set = seeded("audit", "--json", "--instruction-set-id=-7")
+
+    assert status.returncode == 0, status.stderr
+    assert _json_lines(status.stdout)[0]["clientInstructionId"] == -1988905739
+    assert _json_lines(status.stdout)[0]["instructionSetId"] == -7
+    assert audit.returncode == 0, audit.stderr
+    assert [e["reason"] for e in _json_lines(audit.stdout)] == ["negative ids"]
+    assert [e["instructionId"] for e in _json_lines(by_set.stdout)] == [-6]
+
+
+@pytest.mark.parametrize("value", ["9007199254740992", "1.5", "-"])
+def test_ids_outside_the_id_domain_are_usage_errors(seeded: Cli, value: str) -> None:
+    result = seeded("audit", "--client-instruction-id", value)
+
+    assert result.returncode == 2
+    assert "--client-instruction-id" in result.stderr
+    assert result.stdout == ""
+
+
 def test_status_on_a_database_never_migrated_exits_1_and_says_to_migrate(cli: Cli) -> None:
     result = cli("status", "1")
 

@@ -49,8 +49,9 @@ def sent(pipeline: Pipeline) -> int:
     return sum(1 for status in pipeline.statuses().values() if status != "RECEIVED")
 
 
+@pytest.mark.usefixtures("postgresql_back_up")
 def test_the_worst_ibkr_with_kills_two_schedulers_and_a_database_restart_moves_money_once(
-    make_pipeline: Callable[..., Pipeline], postgresql_back_up: None
+    make_pipeline: Callable[..., Pipeline],
 ) -> None:
     pipeline = make_pipeline(
         extra_env=LIMITS,

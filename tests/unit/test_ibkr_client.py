@@ -163,10 +163,21 @@ def test_gets_carry_no_body_and_report_the_path_template(
     assert by_id.outcome is by_set.outcome is Outcome.ACCEPTED
 
 
-def test_get_refuses_a_bad_id(rsa_private_key: Any, clock: ManualClock) -> None:
+@pytest.mark.parametrize("bad", [0, 2**53, -(2**53), True])
+def test_get_refuses_a_bad_id(rsa_private_key: Any, clock: ManualClock, bad: Any) -> None:
     client = make_client(Gateway(lambda r: httpx.Response(200)), rsa_private_key, clock)
-    with pytest.raises(ValueError, match="clientInstructionId must be a positive int"):
-        client.get_client_instruction(0)
+    with pytest.raises(ValueError, match="clientInstructionId must be an int other than 0"):
+        client.get_client_instruction(bad)
+
+
+def test_get_takes_a_negative_id(rsa_private_key: Any, clock: ManualClock) -> None:
+    """IBKR's schemas type ids as signed (examples: -1988905739): a status GET must not refuse
+    one, or polling a set IBKR numbered so would fail every round. (Revert the check in
+    IbkrClient._get to `value <= 0` to see this fail.)"""
+    gateway = Gateway(lambda r: httpx.Response(200, json={"status": 200}))
+    client = make_client(gateway, rsa_private_key, clock)
+    client.get_instruction_set(-1988905739)
+    assert str(gateway.requests[0].url).endswith("/gw/api/v1/instruction-sets/-1988905739")
 
 
 def test_429_is_waited_out_and_retried(rsa_private_key: Any, clock: ManualClock) -> None:

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from worker import jsontext
-from worker.ibkr.responses import Outcome, no_response, parse_response, retry_after_seconds
+from worker.ibkr.responses import (
+    MAX_RETRY_AFTER_S,
+    Outcome,
+    no_response,
+    parse_response,
+    retry_after_seconds,
+)
 from worker.ibkr.schemas import openapi_document
 
 SPEC_213 = openapi_document("2.13")
@@ -323,10 +329,42 @@ def test_429_without_retry_after() -> None:
 
 @pytest.mark.parametrize(
     ("header", "seconds"),
-    [("0", 0.0), ("-4", 0.0), ("1.5", 1.5), ("soon", None), (None, None)],
+    [
+        ("0", 0.0),
+        ("-4", 0.0),
+        ("1.5", 1.5),
+        ("soon", None),
+        (None, None),
+        # Absurd waits: unreadable (the caller's own backoff applies) or cut to the maximum.
+        ("inf", None),
+        ("Infinity", None),
+        ("nan", None),
+        ("1e9", None),
+        ("1000000000", MAX_RETRY_AFTER_S),
+        ("9" * 32, MAX_RETRY_AFTER_S),
+        ("9" * 400, None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_S),
+        ("Tue, 24 Nov 2026 14:00:00 GMT", 0.0),
+    ],
 )
 def test_retry_after_forms(header: str | None, seconds: float | None) -> None:
+    """A Retry-After is a finite wait from 0 to MAX_RETRY_AFTER_S or nothing. (Drop the cap
+    in retry_after_seconds to see `1000000000` park a request for decades; parse it with
+    float() again to see `inf` raise OverflowError later and `1e9` read as a wait.)"""
     assert retry_after_seconds(header, NOW) == seconds
+
+
+def test_the_retry_after_cap_is_an_hour() -> None:
+    assert MAX_RETRY_AFTER_S == 3600.0
+
+
+def test_503_reads_retry_after_as_429_does() -> None:
+    """Retry-After on a 503 (IBKR busy or in downtime) is honoured like on a 429. (Limit the
+    Retry-After reading in parse_response to THROTTLED to see this fail.)"""
+    result = parse(503, {"status": 503}, headers={"Retry-After": "120"})
+    assert result.outcome is Outcome.TRANSIENT
+    assert result.retry_after_s == 120.0
+    assert parse(500, b"", headers={"Retry-After": "120"}).retry_after_s is None
 
 
 def test_exchange_keeps_what_the_audit_needs() -> None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from worker._compat import DepartureRefused, departure_check, departure_guarded_transport
 from worker.clock import Clock, SystemClock
 from worker.config import ConfigError, Settings
+from worker.ibkr import ids
 from worker.ibkr.auth import AuthenticationError, IbkrAuth
 from worker.ibkr.endpoints import (
     CLIENT_INSTRUCTION_STATUS,
@@ -281,8 +282,10 @@ class IbkrClient:
 
     def _get(self, endpoint: Endpoint, **path_params: int) -> ApiResult:
         for name, value in path_params.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int for {endpoint.key}, got {value!r}")
+            if not ids.is_id(value) or value == ids.NO_ID:
+                raise ValueError(
+                    f"{name} must be an int other than 0, {ids.ID_DOMAIN}, for {endpoint.key}"
+                )
         url_path = endpoint.url_path(**path_params)
         return self._call(endpoint, url_path, None, self._default_budget())
 

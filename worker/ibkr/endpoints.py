@@ -1,7 +1,9 @@
 """Which IBKR endpoint serves which instructionType (reference §5, OpenAPI 2.29 paths).
 
 One table, :data:`ENDPOINTS`, maps each request `instructionType` to its single and `:bulk`
-endpoint; the status GETs are module constants. Everything here is plain data.
+endpoint; :data:`V2_ENDPOINTS` the types that also have the v2 multi-position form
+(`/gw/api/v2/external-asset-transfers`, reference §6.5); the status GETs are module
+constants. Everything here is plain data.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _V1 = "/gw/api/v1"
+_V2 = "/gw/api/v2"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,18 @@ INSTRUCTIONS_CANCEL_BULK = _post(
     "/instructions/cancel:bulk", "instructions.write", _BULK_CODES, bulk=True
 )
 INSTRUCTIONS_QUERY = _post("/instructions/query", "instructions.read", {202})
+# v2: several positions per FOP / DWAC / complex transfer (reference §6.5, [REF], [IDX-2.39]).
+EXTERNAL_ASSET_TRANSFERS_V2 = Endpoint(
+    "POST", _V2 + "/external-asset-transfers", "transfers.write", frozenset({202}), False, True
+)
+EXTERNAL_ASSET_TRANSFERS_V2_BULK = Endpoint(
+    "POST",
+    _V2 + "/external-asset-transfers:bulk",
+    "transfers.write",
+    frozenset(_BULK_CODES),
+    True,
+    True,
+)
 
 # Status GETs: 208 means the clientInstructionId was used for more than one transaction.
 CLIENT_INSTRUCTION_STATUS = _get("/client-instructions/{clientInstructionId}", {200, 208})
@@ -142,6 +157,15 @@ ENDPOINTS: dict[str, EndpointPair] = {
     **_pairs(INSTRUCTIONS_QUERY, None, "QUERY_RECENT_INSTRUCTIONS"),
 }
 
+# The v2 form of the external asset transfers that have one (a request with `positions`).
+V2_ENDPOINTS: dict[str, EndpointPair] = _pairs(
+    EXTERNAL_ASSET_TRANSFERS_V2,
+    EXTERNAL_ASSET_TRANSFERS_V2_BULK,
+    "FOP",
+    "DWAC",
+    "COMPLEX_ASSET_TRANSFER",
+)
+
 INSTRUCTION_TYPES: frozenset[str] = frozenset(ENDPOINTS)
 BULK_INSTRUCTION_TYPES: frozenset[str] = frozenset(
     name for name, pair in ENDPOINTS.items() if pair.bulk is not None
@@ -153,12 +177,19 @@ STATUS_ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
-def endpoint_for(instruction_type: str, *, bulk: bool) -> Endpoint:
-    """The endpoint that accepts `instruction_type` (the `:bulk` one when `bulk`).
+def endpoint_for(instruction_type: str, *, bulk: bool, v2: bool = False) -> Endpoint:
+    """The endpoint that accepts `instruction_type` (the `:bulk` one when `bulk`; the v2
+    multi-position one when `v2`).
 
-    Raises UnknownInstructionType when the type is not supported or has no bulk form.
+    Raises UnknownInstructionType when the type is not supported, has no bulk form, or has no
+    v2 form.
     """
-    pair = ENDPOINTS.get(instruction_type)
+    if v2 and instruction_type in ENDPOINTS and instruction_type not in V2_ENDPOINTS:
+        raise UnknownInstructionType(
+            f"instructionType {instruction_type!r} has no v2 form with positions; only "
+            f"{', '.join(sorted(V2_ENDPOINTS))} do (send tradingInstrument and quantity instead)"
+        )
+    pair = (V2_ENDPOINTS if v2 else ENDPOINTS).get(instruction_type)
     if pair is None:
         hint = ""
         if instruction_type.upper() in ENDPOINTS:
@@ -176,3 +207,16 @@ def endpoint_for(instruction_type: str, *, bulk: bool) -> Endpoint:
             "a single request ({'instructionType', 'instruction'})"
         )
     return pair.bulk
+
+
+def endpoint_at(path: str) -> Endpoint:
+    """The POST endpoint whose path is `path` (as stored with a submission).
+
+    Raises UnknownInstructionType for a path no instructionType is sent to.
+    """
+    for table in (ENDPOINTS, V2_ENDPOINTS):
+        for pair in table.values():
+            for endpoint in (pair.single, pair.bulk):
+                if endpoint is not None and endpoint.path == path:
+                    return endpoint
+    raise UnknownInstructionType(f"no IBKR instruction endpoint has the path {path!r}")

@@ -8,6 +8,8 @@ on an odd body. IBKR's own examples disagree on shapes (`instructionStatus` vs `
 from __future__ import annotations
 
 import enum
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,9 +18,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from worker import jsontext
+from worker.ibkr import ids
 from worker.logging import scrub_text
 
 _MAX_RAW_TEXT = 2000
+#: The longest wait a Retry-After may ask for; longer waits are cut to this, so that no answer
+#: can park a request for long (the poll deadline still decides when it is overdue).
+MAX_RETRY_AFTER_S = 3600.0
+# Delta seconds (RFC 9110: digits); a sign and a fraction are tolerated, nothing else.
+_DELTA_SECONDS = re.compile(r"[-+]?[0-9]{1,32}(\.[0-9]{1,9})?")
 
 
 class Outcome(enum.StrEnum):
@@ -75,8 +83,11 @@ class ApiExchange:
 
 @dataclass(frozen=True)
 class ApiResult:
-    """The meaning of one call. `retry_after_s` is set for THROTTLED (seconds to wait);
-    `invalid_arguments` lists `(field, description)` pairs of a 400."""
+    """The meaning of one call. `retry_after_s` is the Retry-After of a 429 (THROTTLED) or a
+    503 (TRANSIENT) in seconds, 0 to MAX_RETRY_AFTER_S (None: none readable);
+    `invalid_arguments` lists `(field, description)` pairs of a 400. Ids follow
+    :mod:`worker.ibkr.ids`; a `clientInstructionId` or `instructionSetId` of 0 (IBKR's "none")
+    reads as None."""
 
     outcome: Outcome
     http_status: int | None
@@ -99,21 +110,20 @@ class ApiResult:
 
 
 def as_int(value: Any) -> int | None:
-    """An int from an int, an integral Decimal/float or a numeric string; else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal | float):
-        try:
-            return int(value) if value == int(value) else None
-        except (ValueError, OverflowError, ArithmeticError):
-            return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit() and text.isascii():
-            return int(text)
-    return None
+    """An id from an int, an integral Decimal/float or a numeric string, within the id domain
+    of :mod:`worker.ibkr.ids` (signed, |id| <= 2**53 - 1); else None."""
+    return ids.as_id(value)
+
+
+def _as_set_or_client_id(value: Any) -> int | None:
+    # IBKR answers 0 for "none" (instructions created outside the API); read it as no id.
+    number = ids.as_id(value)
+    return None if number == ids.NO_ID else number
+
+
+def _as_http_status(value: Any) -> int | None:
+    number = ids.as_id(value)
+    return number if number is not None and 100 <= number <= 599 else None
 
 
 def _as_text(value: Any) -> str | None:
@@ -140,23 +150,28 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta seconds or an HTTP date (None when
-    absent or unreadable; never negative)."""
+    """Seconds to wait from a Retry-After header: delta seconds or an HTTP date, as a finite
+    number from 0 to MAX_RETRY_AFTER_S (longer waits are cut to it). None when the header is
+    absent or unreadable (`inf`, `1e9`, text): the caller then waits as it would without one."""
     if value is None:
         return None
     text = value.strip()
-    try:
-        return max(float(text), 0.0)
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(text):
+        return min(max(float(text), 0.0), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     current = now or datetime.now(UTC)
-    return max((when - current).total_seconds(), 0.0)
+    try:
+        seconds = (when - current).total_seconds()
+    except OverflowError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 # Keys read into named fields; everything else of a result goes to `extra`.
@@ -201,7 +216,7 @@ def parse_instruction_result(
     elif code == "":
         extra.pop("code", None)
     return InstructionResult(
-        client_instruction_id=as_int(raw.get("clientInstructionId")),
+        client_instruction_id=_as_set_or_client_id(raw.get("clientInstructionId")),
         instruction_type=_as_text(raw.get("instructionType")),
         status=_as_text(status),
         instruction_id=as_int(raw.get("instructionId")),
@@ -229,7 +244,7 @@ def _bulk_item(
 ) -> InstructionResult | None:
     if not isinstance(item, Mapping):
         return None
-    item_status = as_int(item.get("status")) or envelope_status
+    item_status = _as_http_status(item.get("status")) or envelope_status
     inner = item.get("instructionResult")
     if isinstance(inner, Mapping):
         return parse_instruction_result(inner, item_status)
@@ -315,8 +330,8 @@ def parse_response(
     invalid: list[tuple[str, str]] = []
     instruction_set_id: int | None = None
     if isinstance(body, Mapping):
-        instruction_set_id = as_int(body.get("instructionSetId"))
-        envelope_status = as_int(body.get("status")) or status_code
+        instruction_set_id = _as_set_or_client_id(body.get("instructionSetId"))
+        envelope_status = _as_http_status(body.get("status")) or status_code
         single = body.get("instructionResult")
         if isinstance(single, Mapping):
             results.append(parse_instruction_result(single, envelope_status))
@@ -344,7 +359,8 @@ def parse_response(
     if outcome is not Outcome.FINAL and outcome is not Outcome.ACCEPTED and error_detail is None:
         error_detail = f"HTTP {status_code}"
     retry_after = None
-    if outcome is Outcome.THROTTLED:
+    if status_code in (429, 503):
+        # Both ask the caller to come back later: the wait is read (and bounded) alike.
         retry_after = retry_after_seconds(_header(headers, "Retry-After"), now)
     return ApiResult(
         outcome=outcome,

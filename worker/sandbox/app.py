@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from worker import jsontext
+from worker.ibkr import ids
 from worker.sandbox import fixtures
 from worker.sandbox.auth import (
     SIGNED_JWT_POLICY_MESSAGE,
@@ -48,6 +49,9 @@ from worker.sandbox.schemas import (
 )
 
 GW = "/gw/api/v1"
+GW_V2 = "/gw/api/v2"
+#: Routes are paths relative to GW; a v2 path is named by this prefix and its rest.
+V2_ROUTE = "/v2"
 JWKS_PATH = "/oauth2/api/v1/jwks"
 ADMIN = "/__admin"
 PATH_DETAIL = (
@@ -73,6 +77,8 @@ FUNDS_POSTS: dict[str, tuple[str, bool]] = {
     "/instructions/cancel": ("instructions.write", False),
     "/instructions/cancel:bulk": ("instructions.write", True),
     "/instructions/query": ("instructions.read", False),
+    V2_ROUTE + "/external-asset-transfers": ("transfers.write", False),
+    V2_ROUTE + "/external-asset-transfers:bulk": ("transfers.write", True),
 }
 _STATUS_GETS = (
     (re.compile(r"^/client-instructions/([^/]+)$"), "/client-instructions/{clientInstructionId}"),
@@ -157,6 +163,20 @@ def _unverified_claim(token: str, names: tuple[str, ...]) -> str:
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+def _route(path: str) -> str:
+    """The route of a gateway path: relative to GW, a v2 path as `/v2/...`."""
+    if path.startswith(GW_V2 + "/"):
+        return V2_ROUTE + path[len(GW_V2) :]
+    return path[len(GW) :]
+
+
+def _gateway_path(route: str) -> str:
+    """The gateway path of a route (the inverse of `_route`)."""
+    if route.startswith(V2_ROUTE + "/"):
+        return GW_V2 + route[len(V2_ROUTE) :]
+    return GW + route
 
 
 def is_loopback(host: str) -> bool:
@@ -296,9 +316,9 @@ class SandboxApp:
                 return response
             if path == JWKS_PATH and request.method == "GET":
                 return json_response(200, self.sandbox.authority.jwks())
-            if path.startswith(GW + "/"):
-                route = path[len(GW) :]
-                endpoint = f"{request.method} {GW}{self._template(route)}"
+            if path.startswith((GW + "/", GW_V2 + "/")):
+                route = _route(path)
+                endpoint = f"{request.method} {_gateway_path(self._template(route))}"
                 response, client_id = self._gateway_inner(request, route, query, endpoint)
                 if response.complete is None:
                     # A POST held in flight is counted when it registers (see _held_post).
@@ -489,7 +509,9 @@ class SandboxApp:
         except AuthFailure as failure:
             return problem(failure.status, failure.detail)
         try:
-            validated = validate_request(route, payload, bulk=bulk)
+            validated = validate_request(
+                route, payload, bulk=bulk, v2_quantity=self.config.v2_position_quantity
+            )
         except RequestInvalid as invalid:
             return problem(
                 400,
@@ -584,10 +606,10 @@ class SandboxApp:
             checked = self._checked(token, ("instructions.read",), endpoint, _received(request))
             if checked is not None:
                 return checked
-            raw = match.group(1)
-            if not raw.isdigit():
+            # Ids are signed (worker.ibkr.ids): `/instruction-sets/-1988905739` is a real path.
+            number = ids.as_id(match.group(1))
+            if number is None:
                 return problem(400, PATH_DETAIL)
-            number = int(raw)
             client = token.client
             if template.startswith("/instruction-sets"):
                 found_set = ledger.instruction_set(client, number)

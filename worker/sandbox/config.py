@@ -121,6 +121,9 @@ class SandboxConfig:
     #: Inside a downtime window: "reject" (503 problem) or "hold" (accept, keep PENDING until
     #: the window closes) (UNCERTAIN).
     downtime_behaviour: DowntimeBehaviour = "reject"
+    #: v2 external asset transfers: where each position's quantity goes (UNCERTAIN): a
+    #: `quantity` on every entry of `positions`, or one `quantity` on the instruction.
+    v2_position_quantity: Literal["position", "instruction"] = "position"
     #: IBKR's inconsistent shapes: `status`/`code`/`description`, string instructionSetId in
     #: 403/422, numeric-string clientInstructionId.
     quirks: bool = False

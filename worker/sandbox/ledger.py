@@ -640,6 +640,17 @@ class Ledger:
                     },
                 }
             instruction.extra["depositDetails"] = details
+        if kind == "OPEN_BANKING_INSTRUCTION":
+            token = f"{instruction.instruction_id:x}"
+            instruction.extra["details"] = {
+                "type": "OPEN_BANKING",
+                "currency": item["currency"],
+                "serviceProvider": item["serviceProvider"],
+                "providerResponse": {
+                    "hostedlinkUrl": f"https://sandbox.invalid/link/{token}",
+                    "linkToken": f"link-sandbox-{token}",
+                },
+            }
 
     def _batch_time(self, now: float) -> float:
         period = self.config.timings.internal_cash_batch_s
@@ -750,6 +761,10 @@ class Ledger:
         elif kind == "EDDA_INSTRUCTION":
             instruction.http_status = 202
             self._schedule(instruction, now + timings.edda_s)
+        elif kind in ("OPEN_BANKING_INSTRUCTION", "WITHDRAWAL_INSTRUCTION"):
+            # [REF]: 202 PENDING; an open-banking link waits for the user at the provider.
+            instruction.http_status = 202
+            self._schedule(instruction, now + timings.bank_instruction_s)
         elif kind in ("QUERY_RECENT_INSTRUCTIONS", "QUERY_IRA_CONTRIBUTIONS"):
             instruction.http_status = 202
             self._schedule(instruction, now + timings.query_s)
@@ -818,6 +833,8 @@ class Ledger:
             self._set_status(instruction, PROCESSED, now)
         elif kind in ("FOP", "DWAC", "COMPLEX_ASSET_TRANSFER", "EXTERNAL_POSITION_TRANSFER"):
             self._reference(instruction)
+            self._set_status(instruction, PROCESSED, now)
+        elif kind in ("OPEN_BANKING_INSTRUCTION", "WITHDRAWAL_INSTRUCTION"):
             self._set_status(instruction, PROCESSED, now)
         elif kind == "ACH_INSTRUCTION":
             self._finish_ach(instruction, now)

@@ -253,11 +253,13 @@ def _after_submit(tracked: Tracked, result: ApiResult, position: int) -> Decisio
             is_error=True,
             fate=AttemptFate.OPEN,
         )
-    # 5xx, 404 or anything unexpected on a POST: IBKR may or may not have applied it.
+    # 5xx, 404 or anything unexpected on a POST: IBKR may or may not have applied it. A 503's
+    # Retry-After says when asking makes sense again.
     return Decision(
         Action.RESOLVE,
         f"IBKR answered {_http(result)} ({result.error_detail or 'no detail'}); the outcome is "
         "uncertain, asking IBKR whether it got the instruction",
+        retry_after_s=result.retry_after_s,
         is_error=True,
         fate=AttemptFate.OPEN,
     )

@@ -24,6 +24,7 @@ from models import ClientInstruction, InboundMessage, Submission, next_client_in
 from models.db import allocate_ids, one_of
 from models.unsaved import insert_unsaved, new_unsaved, table_of
 from worker import jsontext
+from worker.ibkr.ids import ID_DOMAIN, as_client_instruction_id
 from worker.ibkr.requests import (
     ParsedRequest,
     RequestValidationError,
@@ -49,7 +50,6 @@ MAX_CORRELATION_ID = 128
 #: Longest message id kept (dramatiq's are 36-character UUIDs).
 MAX_MESSAGE_ID = 64
 MAX_REQUEST_BYTES = 20 * 1024 * 1024  # IBKR's limit for one request
-MAX_ID = 2**53 - 1
 STORED_INVALID_BODY_BYTES = 64 * 1024
 #: Ids for new submissions and client instructions a process draws from the sequences beyond
 #: what a batch needs, for its next batches.
@@ -112,15 +112,7 @@ def _correlation_problem(correlation_id: Any) -> str | None:
 
 def _as_id(value: Any) -> int | None:
     """A usable clientInstructionId, or None when the value cannot be one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 20:
-        number = int(value)
-    else:
-        return None
-    return number if 0 < number <= MAX_ID else None
+    return as_client_instruction_id(value)
 
 
 def _identify(raw: Any) -> tuple[str, bool, list[dict[str, Any]], list[int | None]]:
@@ -150,8 +142,8 @@ def _identify(raw: Any) -> tuple[str, bool, list[dict[str, Any]], list[int | Non
         if number is None:
             where = f"instructions[{index}]" if bulk else "instruction"
             raise Unprocessable(
-                f"{where}.clientInstructionId {member['clientInstructionId']!r} is not a positive "
-                "integer below 2^53, so the request cannot be tracked"
+                f"{where}.clientInstructionId {member['clientInstructionId']!r} is not an id "
+                f"({ID_DOMAIN}), so the request cannot be tracked"
             )
         ids.append(number)
     return kind, bulk, members, ids

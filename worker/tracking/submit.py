@@ -22,7 +22,7 @@ from models.unsaved import new_unsaved, table_of, update_changed
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.client import SendBudget
-from worker.ibkr.endpoints import Endpoint, endpoint_for
+from worker.ibkr.endpoints import Endpoint, endpoint_at
 from worker.ibkr.responses import ApiResult, Outcome
 from worker.tracking.apply import (
     apply_decision,
@@ -162,7 +162,7 @@ def begin_attempt(
     submission.inflight_until = inflight_horizon(ctx, now)
     submission.absent_since = None
     attempt = submission.attempt_count
-    endpoint = endpoint_for(submission.instruction_type, bulk=submission.is_bulk)
+    endpoint = endpoint_at(submission.endpoint_path)  # v1 or v2, as the request chose
     lease_until = now + timedelta(seconds=ctx.lease_s)
     for member in members:
         member.attempt_count = attempt

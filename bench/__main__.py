@@ -14,7 +14,7 @@ from typing import Any
 from bench import report
 from bench.common import Services, log
 
-ALL = ("throughput", "polling", "memory", "audit")
+ALL = ("throughput", "drain", "limiter", "polling", "memory", "audit")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -30,19 +30,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ALL)} (default: all)",
     )
     parser.add_argument("--n", type=int, default=5000, help="throughput: instructions")
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=3,
-        help="throughput: the pipeline's worker processes (one more than the cores, so a "
-        "process's writer waiting for the database leaves no core idle)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=192,
-        help="throughput: the pipeline's threads per worker process (the product's default)",
-    )
     parser.add_argument(
         "--floor-processes",
         default="2,3",
@@ -62,6 +49,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-profile", action="store_true", help="throughput: skip the profiled pipeline run"
+    )
+    parser.add_argument(
+        "--drain", type=int, default=2000, help="drain: transfers published at once"
     )
     parser.add_argument("--singles", type=int, default=200, help="polling: single transfers")
     parser.add_argument(
@@ -129,12 +119,19 @@ def run_one(name: str, args: argparse.Namespace, services: Services, log_root: P
             services,
             log_root,
             n=args.n,
-            shape=throughput.Shape(args.processes, args.threads),
             floor_threads=[int(t) for t in args.floor_threads.split(",") if t],
             floor_processes=[int(p) for p in args.floor_processes.split(",") if p],
             profile_run=not args.no_profile,
             rounds=args.rounds,
         )
+    if name == "drain":
+        from bench import drain
+
+        return drain.run(services, log_root, n=args.drain)
+    if name == "limiter":
+        from bench import limiter
+
+        return limiter.run(services, log_root)
     if name == "polling":
         from bench import polling
 

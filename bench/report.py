@@ -46,6 +46,12 @@ def machine() -> dict[str, Any]:
 
 THROUGHPUT_RATIO = 0.5
 CALLS_PER_FINAL = 1.5
+DRAIN_OVER_LEAST = 1.15
+DRAIN_CALLS_PER_INSTRUCTION = 1.6
+LIMIT_PER_SECOND = 10
+LIMIT_PER_MINUTE = 600
+#: "equal within noise": the larger limits may cost at most this much more per reservation.
+LIMITER_COST_RATIO = 1.25
 RSS_LIMIT_MB = 200.0
 QUERY_P95_MS = 50.0
 
@@ -69,6 +75,44 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio,
             f">= {THROUGHPUT_RATIO}",
             _verdict(ratio >= THROUGHPUT_RATIO),
+        )
+    drain = results.get("drain")
+    if drain and "calls" in drain:
+        add(
+            "drain: wall time / least the limits allow",
+            drain["wall_over_least"],
+            f"<= {DRAIN_OVER_LEAST}",
+            _verdict(drain["wall_over_least"] <= DRAIN_OVER_LEAST),
+        )
+        add(
+            "drain: calls per instruction",
+            drain["calls_per_instruction"],
+            f"<= {DRAIN_CALLS_PER_INSTRUCTION}",
+            _verdict(drain["calls_per_instruction"] <= DRAIN_CALLS_PER_INSTRUCTION),
+        )
+        add("drain: 429s", drain["throttled_429"], "0", _verdict(drain["throttled_429"] == 0))
+        add(
+            "drain: most arrivals per endpoint in any second",
+            drain["max_per_endpoint_per_second"],
+            f"<= {LIMIT_PER_SECOND}",
+            _verdict(drain["max_per_endpoint_per_second"] <= LIMIT_PER_SECOND),
+        )
+        add(
+            "drain: most arrivals per client in any minute",
+            drain["max_per_client_per_minute"],
+            f"<= {LIMIT_PER_MINUTE}",
+            _verdict(drain["max_per_client_per_minute"] <= LIMIT_PER_MINUTE),
+        )
+    limiter = results.get("limiter")
+    if limiter and "per_reservation" in limiter:
+        costs = limiter["per_reservation"]
+        add(
+            "limiter: cost per reservation, 1000/60000 over 10/600",
+            f"{limiter['large_over_small']} ("
+            + " vs ".join(f"{c['alone_us']} us" for c in costs.values())
+            + ")",
+            f"<= {LIMITER_COST_RATIO} (equal within noise)",
+            _verdict(limiter["large_over_small"] <= LIMITER_COST_RATIO),
         )
     polling = results.get("polling")
     if polling and "calls_per_final" in polling:
@@ -129,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
         _row("---", "---:", "---", "---"),
     ]
     lines += [_row(t["target"], t["value"], t["goal"], t["verdict"]) for t in results["targets"]]
-    for name in ("throughput", "polling", "memory", "audit"):
+    for name in ("throughput", "drain", "limiter", "polling", "memory", "audit"):
         if name in results and "error" in results[name]:
             lines += ["", f"**{name} failed:** `{results[name]['error'][:500]}`"]
     throughput = results.get("throughput")
@@ -173,7 +217,7 @@ def markdown(results: dict[str, Any]) -> str:
                 _row(
                     f"round {index + 1}: pipeline (PROCESSED + events published), "
                     f"ratio **{r['ratio']}**",
-                    f"{shape['processes']}x{shape['threads']}",
+                    "default",
                     r["pipeline_rate_per_s"],
                     r["pipeline_elapsed_s"],
                     _cpu(r["pipeline_cpu_s"]),
@@ -200,6 +244,38 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _profile_lines(throughput.get("profile", {}))
         if throughput.get("profile_missing"):
             lines += ["", f"No profile: {throughput['profile_missing']}."]
+    drain = results.get("drain")
+    if drain and "calls" in drain:
+        lines += [
+            "",
+            f"### Drain ({drain['instructions']} transfers at once, IBKR's limits, default "
+            "configuration)",
+            "",
+            _row("figure", "value"),
+            _row("---", "---:"),
+            _row("wall time, first publish to last final (s)", drain["drain_s"]),
+            _row("least the limits allow: calls / 10 per second (s)", drain["least_s"]),
+            _row("calls (as the sandbox counted them, tokens included)", drain["calls"]),
+            _row("calls per instruction", drain["calls_per_instruction"]),
+            _row("most arrivals per endpoint in any 1 s", drain["max_per_endpoint_per_second"]),
+            _row("most arrivals of the client in any 60 s", drain["max_per_client_per_minute"]),
+            _row("429s", drain["throttled_429"]),
+        ]
+        for endpoint, count in sorted(drain["calls_by_endpoint"].items()):
+            lines.append(_row(f"`{endpoint}`", count))
+    limiter = results.get("limiter")
+    if limiter and "per_reservation" in limiter:
+        lines += [
+            "",
+            "### The rate limiter's own cost per reservation (PostgreSQL)",
+            "",
+            _row("limits", "alone (us)", "16 to a transaction (us each)"),
+            _row("---", "---:", "---:"),
+        ]
+        lines += [
+            _row(label, c["alone_us"], c["batched_us"])
+            for label, c in limiter["per_reservation"].items()
+        ]
     polling = results.get("polling")
     if polling and "api_calls" in polling:
         lines += [
@@ -274,8 +350,9 @@ def _lag(lag: dict[str, Any]) -> str:
     return f"{lag['p50_s']} / {lag['p99_s']} / {lag['max_s']}"
 
 
-def _shape_of(run: dict[str, Any], default: dict[str, Any]) -> str:
-    return f"{run.get('processes', default['processes'])}x{run.get('threads', default['threads'])}"
+def _shape_of(run: dict[str, Any], default: Any) -> str:
+    del default  # floors always say their shape
+    return f"{run.get('processes', '?')}x{run.get('threads', '?')}"
 
 
 def _writer_note(group: dict[str, Any], elapsed_s: float) -> str:

@@ -22,7 +22,12 @@ from worker.sandbox.config import Timings
 def main() -> None:
     spec = json.loads(sys.argv[1])
     fields = dict(spec["config"])
-    timings = dataclasses.replace(Timings(), **fields.pop("timings", {}))
+    timing_fields = dict(fields.pop("timings", {}))
+    if timing_fields.get("internal_cash_async_delay_s") is not None:
+        timing_fields["internal_cash_async_delay_s"] = tuple(
+            timing_fields["internal_cash_async_delay_s"]
+        )
+    timings = dataclasses.replace(Timings(), **timing_fields)
     if fields.get("internal_cash_async_above") is not None:
         fields["internal_cash_async_above"] = Decimal(str(fields["internal_cash_async_above"]))
     config = SandboxConfig(host="127.0.0.1", port=0, timings=timings, **fields)

@@ -12,9 +12,10 @@ answers 201 at once; both sign with the same 3072-bit key, parsed once per proce
   benchmark's VM), a pipeline run measured once against the best of six floor runs mostly
   measures the swing; a floor and a pipeline run back to back meet the same moment. The
   pipeline's best round against the floor's best run is printed beside it.
-- pipeline: `ibkr-worker worker` and `ibkr-worker scheduler` with the client-side limits
-  lifted; the clock stops when every instruction is PROCESSED in the database and every event
-  of theirs is published (the later of the last `final_at` and the last `published_at`).
+- pipeline: `ibkr-worker worker` and `ibkr-worker scheduler` exactly as the Procfile starts
+  them (no flags), with the shared rate limiter on at 1,000/s and 60,000/min; the clock stops
+  when every instruction is PROCESSED in the database and every event of theirs is published
+  (the later of the last `final_at` and the last `published_at`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ POST_ENDPOINT = "POST /gw/api/v1/internal-cash-transfers"
 FLOOR_FIRST_ID = 7_000_000_001
 PIPELINE_FIRST_ID = 8_000_000_001
 PROFILE_FIRST_ID = 9_000_000_001
+#: The pipeline runs with the shared rate limiter on, at limits the sandbox never comes near.
+LIMITER_PER_SECOND = 1000
+LIMITER_PER_MINUTE = 60000
 # What the profile's "inclusive" line reports: the steps of one instruction.
 STEPS = (
     "handle_message",
@@ -221,27 +225,22 @@ def run_pipeline(
     env: dict[str, str],
     processes: Processes,
     n: int,
-    shape: Shape,
     first_id: int,
     *,
     record: Path | None = None,
 ) -> dict[str, Any]:
-    worker = processes.start(
-        "worker",
-        [
-            str(BIN / "ibkr-worker"),
-            "worker",
-            "--processes",
-            str(shape.processes),
-            "--threads",
-            str(shape.threads),
-        ],
-        env,
-    )
+    """The product in its default configuration (`ibkr-worker worker`, `ibkr-worker
+    scheduler`) on `n` messages; the clock stops when every one is PROCESSED and its events
+    are published."""
+    from worker.cli_ops import default_worker_processes
+
+    expected_processes = default_worker_processes()
+    # As the Procfile starts it: no process, thread or pool flags.
+    worker = processes.start("worker", [str(BIN / "ibkr-worker"), "worker"], env)
     scheduler = processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
     alive = lambda: processes.check_alive("worker", "scheduler")  # noqa: E731
     wait_for(
-        lambda: queue_consumers(broker_url, "ibkr.instructions") >= shape.processes,
+        lambda: queue_consumers(broker_url, "ibkr.instructions") >= expected_processes,
         60,
         "the worker's consumers",
         alive=alive,
@@ -262,7 +261,7 @@ def run_pipeline(
     if record is not None:
         recorder = profile.Recorder(record)
         for process in cpu.family([worker.pid]):
-            if process.pid != worker.pid or shape.processes == 1:
+            if process.pid != worker.pid or expected_processes == 1:
                 recorder.start("worker", process.pid)
         recorder.start("scheduler", scheduler.pid)
     meter = cpu.CpuMeter(
@@ -319,16 +318,16 @@ def run(
     log_root: Path,
     *,
     n: int,
-    shape: Shape,
     floor_threads: list[int],
-    floor_processes: list[int] | None = None,
+    floor_processes: list[int],
     profile_run: bool = True,
     rounds: int = 3,
 ) -> dict[str, Any]:
-    """The floor runs at each of `floor_processes` (default: the pipeline's) times
-    `floor_threads` to find its best shape; then `rounds` paired rounds run the floor at that
-    shape and the pipeline at `shape`, one right after the other, and the median round's
-    pipeline/floor ratio counts."""
+    """The floor runs at each of `floor_processes` times `floor_threads` to find its best shape;
+    then `rounds` paired rounds run the floor at that shape and the pipeline in its default
+    configuration with the shared rate limiter on (at 1,000/s and 60,000/min, far above what
+    the sandbox needs), one right after the other, and the median round's pipeline/floor ratio
+    counts."""
     with (
         scenario(services, "throughput", log_root) as (database_url, broker_url, processes),
         tempfile.TemporaryDirectory(prefix="bench-key-") as key_dir,
@@ -343,14 +342,12 @@ def run(
             broker_url,
             sandbox,
             private_key,
-            IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT="0",
-            IBKR_MAX_REQUESTS_PER_MINUTE="0",
+            IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT=str(LIMITER_PER_SECOND),
+            IBKR_MAX_REQUESTS_PER_MINUTE=str(LIMITER_PER_MINUTE),
         )
         floors = []
         floor_shapes = [
-            Shape(count, threads)
-            for count in (floor_processes or [shape.processes])
-            for threads in floor_threads
+            Shape(count, threads) for count in floor_processes for threads in floor_threads
         ]
         for index, floor_shape in enumerate(floor_shapes):
             label = f"{floor_shape.processes}x{floor_shape.threads}"
@@ -369,14 +366,12 @@ def run(
         best = Shape(int(floor["processes"]), int(floor["threads"]))
         # Paired rounds: the floor at its best shape, then the pipeline, so both meet the same
         # moment of a noisy machine; the median round's ratio counts.
-        pipeline_at = partial(
-            run_pipeline, sandbox, database_url, broker_url, env, processes, n, shape
-        )
+        pipeline_at = partial(run_pipeline, sandbox, database_url, broker_url, env, processes, n)
         paired: list[dict[str, Any]] = []
         for index in range(rounds):
             log(
                 f"throughput: round {index + 1} of {rounds}: floor at {best.processes}x"
-                f"{best.threads}, then the pipeline at {shape.processes}x{shape.threads}"
+                f"{best.threads}, then the pipeline in its default configuration"
             )
             first_id = FLOOR_FIRST_ID + (len(floor_shapes) + index) * n
             again = run_floor(sandbox, broker_url, env, processes, n, best, first_id)
@@ -391,7 +386,8 @@ def run(
         median = sorted(paired, key=lambda r: float(r["ratio"]))[(len(paired) - 1) // 2]
         best_pipeline = max(float(r["pipeline"]["rate_per_s"]) for r in paired)
         result: dict[str, Any] = {
-            "shape": {"processes": shape.processes, "threads": shape.threads},
+            "shape": "default (ibkr-worker worker, ibkr-worker scheduler)",
+            "limiter": {"per_second": LIMITER_PER_SECOND, "per_minute": LIMITER_PER_MINUTE},
             "floor": floor,
             "floors": floors,
             "rounds": [

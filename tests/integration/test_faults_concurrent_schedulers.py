@@ -119,7 +119,7 @@ def test_two_schedulers_and_two_workers_never_poll_one_instruction_twice_per_rou
         cid: n for cid, n in looks.items() if n
     }
     # Enough looks to prove something (how many depends on the host's speed).
-    assert all(polls[cid] >= 1 for cid in cids)
+    assert all(looks[cid] >= 1 for cid in cids)
     assert sum(1 for n in polls.values() if n >= 2) >= COUNT // 4, polls
     # Both schedulers and both workers took part.
     for name in ("scheduler-1", "scheduler-2"):

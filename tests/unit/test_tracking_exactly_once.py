@@ -5,6 +5,7 @@ processes (two tracking contexts with their own leases) where it takes two."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -307,3 +308,47 @@ def test_a_second_transaction_found_after_the_final_answer_is_reported(
     assert keys[-1] == "instruction.applied_twice"
     assert submission.sent_attempts == 2
     assert "40" in _audit_reasons(ctx) and "41" in _audit_reasons(ctx)
+
+
+def test_a_bulk_request_whose_answer_was_lost_is_resent_whole_once_its_horizon_passed(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    """The first member's lookups decide for the bulk (IBKR registers all its members or none);
+    the resend takes the members nobody holds. Guard: `_ours_to_send` taking free members
+    (require every member's lease to be ours and the resend never happens: the later members'
+    leases were let go after their own 404s)."""
+    bulk_ok = answer(
+        202,
+        {
+            "status": 202,
+            "instructionSetId": 77,
+            "instructionResults": [
+                envelope(202, 77, cid, "PENDING", 900 + cid % 10)
+                for cid in (1_100_001, 1_100_002, 1_100_003)
+            ],
+        },
+    )
+    ibkr = ScriptedIbkr(posts=[LOST, bulk_ok], lookups=[NOT_FOUND] * 40)
+    ctx = make_context(sqlite_url, ibkr, clock)
+    request = {
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instructions": [transfer(cid)["instruction"] for cid in (1_100_001, 1_100_002, 1_100_003)],
+    }
+    received = receive(ctx, request=request, correlation_id=None, message_id="m-bulk")
+    assert received.submission_id is not None
+    send(ctx, received.submission_id)
+    clock.advance(HORIZON_S + 1)
+    run_round(ctx)  # the first member's first 404 after the horizon
+    # The later members are looked at on their own schedule, not with the first one's
+    # confirming look: nobody holds them when it comes.
+    with ctx.session_factory.begin() as session:
+        for row in session.execute(select(ClientInstruction)).scalars():
+            if row.position > 0:
+                row.next_poll_at = clock.now() + timedelta(hours=1)
+                row.lease_owner = None
+    clock.advance(6)
+    run_round(ctx)  # the confirming 404: the whole bulk goes again
+    assert ibkr.count("POST") == 2
+    with ctx.session_factory() as session:
+        rows = session.execute(select(ClientInstruction)).scalars().all()
+    assert {(r.status, r.attempt_count) for r in rows} == {("PENDING", 2)}

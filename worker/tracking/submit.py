@@ -97,6 +97,24 @@ def inflight_horizon(ctx: TrackingContext, begun_at: datetime) -> datetime:
     return begun_at + timedelta(seconds=latest + settings.max_clock_skew_s)
 
 
+def _ours_to_send(ctx: TrackingContext, members: list[ClientInstruction], now: datetime) -> bool:
+    """Whether this process may send the (locked) members: it holds the lease of at least one
+    (claimed, or made by its intake), none of those leases has run out, and no other process
+    holds an unexpired lease of any (members nobody holds are taken with the attempt). A
+    process whose lease ran out while it waited finds the rows another took over, and sends
+    nothing."""
+    held = False
+    for member in members:
+        unexpired = member.lease_expires_at is not None and member.lease_expires_at > now
+        if member.lease_owner == ctx.owner:
+            if not unexpired:
+                return False
+            held = True
+        elif member.lease_owner is not None and unexpired:
+            return False
+    return held
+
+
 def begin_attempt(
     session: Session,
     ctx: TrackingContext,
@@ -110,8 +128,8 @@ def begin_attempt(
     """Mark the (locked) members SUBMITTING for the next attempt, in the caller's transaction.
 
     `now` is the shared clock's time and `now_mono` the monotonic time read with it. The
-    members must be ours: each holds this process's unexpired lease (taken by the claim, or by
-    the intake that created it in this transaction). No attempt begins while an earlier one may
+    members must be ours to send (`_ours_to_send`: our unexpired lease, taken by the claim or by
+    the intake that created them, and nobody else's). No attempt begins while an earlier one may
     still register (`submission.inflight_until` set): only an answer that settles it, or IBKR
     not knowing the id twice after its horizon, clears that, in the transaction that then
     begins the next attempt.
@@ -130,12 +148,7 @@ def begin_attempt(
     sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
     if not sendable or len(sendable) != len(members):
         return None
-    if any(
-        m.lease_owner != ctx.owner or m.lease_expires_at is None or m.lease_expires_at <= now
-        for m in members
-    ):
-        # Another process took these rows over (our lease ran out while we waited): its
-        # attempt, not ours.
+    if not _ours_to_send(ctx, members, now):
         return None
     if submission.inflight_until is not None:
         return None

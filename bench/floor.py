@@ -35,7 +35,7 @@ _http = httpx.Client(
     transport=http_transport(),
 )
 _auth = IbkrAuth(
-    http=_http,
+    post_form=lambda url, form: _http.post(url, data=form, headers={"Accept": "application/json"}),
     token_url=_settings.ibkr_token_url,
     client_id=_client_id,
     key_id=_key_id,
@@ -57,7 +57,9 @@ def floor_post(request: dict[str, Any], correlation_id: str | None = None) -> No
     response = _http.post(
         INTERNAL_CASH_TRANSFERS.path,
         content=content,
-        headers={"Content-Type": "application/jwt"},
-        auth=_auth,
+        headers={
+            "Content-Type": "application/jwt",
+            "Authorization": f"Bearer {_auth.access_token()}",
+        },
     )
     response.read()

@@ -69,8 +69,16 @@ def make_engine(
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.update(pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=pool_size * 2)
-    kwargs["pool_recycle"] = 1800
+    # A thread that finds every connection in use waits for one (no timeout): nothing holds a
+    # connection while it sleeps or waits for anything but the database, so a connection
+    # always comes back soon; a timeout would only turn a busy moment into a failed message.
+    kwargs.update(
+        pool_pre_ping=pre_ping,
+        pool_size=pool_size,
+        max_overflow=pool_size * 2,
+        pool_timeout=None,
+        pool_recycle=1800,
+    )
     engine = create_engine(url, **kwargs)
     batch_executemany(engine)
     return engine

@@ -2,10 +2,11 @@
 when the library changes (tests/unit/test_compat.py).
 
 - `departure_guarded_transport`: httpx's `HTTPTransport` with an httpcore network backend whose
-  streams check, at the first byte a request writes, that it may still leave
-  (`worker.ibkr.client` uses it to keep a request from reaching IBKR after its rate-limit slot).
-  httpx does not take a network backend, so the transport's (private) `_pool` is rebuilt with
-  the same settings and ours.
+  streams run the thread's `departure_check` at the first byte a request writes
+  (`worker.ibkr.client` takes and waits for the request's rate-limit slot there: the request is
+  on its connection, head and body ready, and leaves right after). httpx does not take a
+  network backend, so the transport's (private) `_pool` is rebuilt with the same settings and
+  ours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 
 
 class DepartureRefused(Exception):
-    """A request was stopped before its first byte left (it would have left too late)."""
+    """A request was stopped before its first byte left (no slot for it in time)."""
 
 
 #: The check of the request this thread is about to write (None: no check).
@@ -32,8 +33,9 @@ _departure_check: contextvars.ContextVar[Callable[[], None] | None] = contextvar
 
 @contextmanager
 def departure_check(check: Callable[[], None]) -> Iterator[None]:
-    """While this is active, the first write of a request on this thread first calls `check`
-    (which raises `DepartureRefused` to stop the request before any byte leaves)."""
+    """While this is active, the first write of a request on this thread first calls `check`,
+    which returns when the request may leave (after waiting, if need be) or raises
+    `DepartureRefused` to stop it before any byte leaves."""
     token = _departure_check.set(check)
     try:
         yield

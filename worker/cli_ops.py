@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -67,27 +68,44 @@ def wait_for(stop: threading.Event) -> None:
         pass
 
 
+#: Threads per worker process: each holds one message. At most `REQUEST_CONNECTIONS` of them
+#: talk to IBKR at once; the others receive or record in the shared transactions meanwhile.
+DEFAULT_WORKER_THREADS = 64
+
+
+def default_worker_processes() -> int:
+    """Worker processes `ibkr-worker worker` runs without `--processes`: one per core the
+    process may use, plus one (a process's writer spends most of a transaction waiting for the
+    database, and the extra process uses the core meanwhile), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores + 1, 8))
+
+
 @click.command("worker")
 @click.option(
     "--processes",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 64),
-    help="Worker processes.",
+    help="Worker processes [default: one per core plus one, at most 8].",
 )
 @click.option(
     "--threads",
-    default=192,
+    default=DEFAULT_WORKER_THREADS,
     show_default=True,
     type=click.IntRange(1, 256),
     help="Threads per process (messages in hand at once; they share database transactions).",
 )
-def worker_command(processes: int, threads: int) -> None:
+def worker_command(processes: int | None, threads: int) -> None:
     """Run the dramatiq consumers of `ibkr.instructions` (RabbitMQ from BROKER_URL).
 
     Each message is validated, persisted and submitted to IBKR exactly once in effect; SIGTERM
     finishes the messages in hand and returns the rest to the queue.
     """
+    if processes is None:
+        processes = default_worker_processes()
     if processes > 1:
         _require_ready(_settings())
         _supervise(processes, threads)
@@ -126,8 +144,28 @@ def worker_command(processes: int, threads: int) -> None:
         runtime.close()
 
 
+#: After an unexpected exit a worker process is started again after this many seconds (doubled
+#: for each exit in a row, at most `_RESTART_MAX_S`).
+_RESTART_FIRST_S = 1.0
+_RESTART_MAX_S = 30.0
+
+
+def _die_with_parent() -> None:
+    """In a child, before it runs: Linux kills it when its parent dies (a SIGKILLed supervisor
+    must not leave workers behind that nothing stops)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the children outlive a killed parent
+        return
+
+
 def _supervise(processes: int, threads: int) -> None:
-    """Run `processes` single-process workers and forward SIGTERM/SIGINT to them."""
+    """Run `processes` single-process workers, forward SIGTERM/SIGINT to them, and start one
+    again that exits on its own (after a pause that doubles while exits keep coming). Returns
+    once a signal stopped them all."""
     command = [
         sys.executable,
         "-m",
@@ -138,18 +176,42 @@ def _supervise(processes: int, threads: int) -> None:
         "--threads",
         str(threads),
     ]
-    children = [subprocess.Popen(command) for _ in range(processes)]
+    stopping = threading.Event()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+
+    children = [start() for _ in range(processes)]
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    pause_s = _RESTART_FIRST_S
+    while not stopping.is_set():
+        exited = [index for index, child in enumerate(children) if child.poll() is not None]
+        for index in exited:
+            if stopping.is_set():
+                break
+            log.warning(
+                "a worker process exited; starting it again",
+                exit_code=children[index].returncode,
+                pause_s=pause_s,
+            )
+            stopping.wait(pause_s)
+            pause_s = min(pause_s * 2, _RESTART_MAX_S)
+            if not stopping.is_set():
+                children[index] = start()
+        if not exited:
+            pause_s = _RESTART_FIRST_S
+        stopping.wait(1.0)
     codes = [child.wait() for child in children]
-    if any(codes):
-        sys.exit(max(codes))
+    if any(code not in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes):
+        sys.exit(max(abs(code) for code in codes))
 
 
 @click.command("scheduler")

@@ -120,7 +120,8 @@ class Pipeline:
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
     def start_worker(self, name: str = "worker", threads: int = 8) -> subprocess.Popen[bytes]:
-        return self.start(name, "worker", "--threads", str(threads))
+        """One worker process (a SIGKILL then kills exactly one) with `threads` threads."""
+        return self.start(name, "worker", "--processes", "1", "--threads", str(threads))
 
     def start_scheduler(self, name: str = "scheduler") -> subprocess.Popen[bytes]:
         return self.start(name, "scheduler")

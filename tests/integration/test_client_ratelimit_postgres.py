@@ -6,12 +6,19 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from models import Base
 from models.db import make_engine
 from models.tables import RateLimitGrant
-from worker.ibkr.ratelimit import SqlLedger, WindowLimit, client_bucket, endpoint_bucket
+from worker.ibkr.ratelimit import (
+    MemoryLedger,
+    SqlLedger,
+    WindowLimit,
+    client_bucket,
+    endpoint_bucket,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -28,10 +35,9 @@ def max_in_any_window(times: list[float], window_s: float) -> int:
     return best
 
 
-def test_processes_sharing_postgres_never_exceed_either_window(empty_pg_url: str) -> None:
-    Base.metadata.create_all(make_engine(empty_pg_url))
+def test_processes_sharing_postgres_never_exceed_either_window(pg_url: str) -> None:
     # Each "process" has its ledger and its own connection, as separate processes would.
-    ledgers = [SqlLedger(SqlLedger.own_engine(empty_pg_url)) for _ in range(8)]
+    ledgers = [SqlLedger(SqlLedger.own_engine(pg_url)) for _ in range(8)]
     limits = [
         WindowLimit(endpoint_bucket("acme", "POST /x", 10, 1.05), 10, 1.05),
         WindowLimit(client_bucket("acme", 40, 60.05), 40, 60.05),
@@ -55,7 +61,7 @@ def test_processes_sharing_postgres_never_exceed_either_window(empty_pg_url: str
     assert len(granted) == 8 * (4 * 1 + 4 * 2 + 4 * 3)
     assert max_in_any_window(granted, 1.05) == 10
     assert max_in_any_window(granted, 60.05) == 40
-    engine = make_engine(empty_pg_url)
+    engine = make_engine(pg_url)
     with engine.connect() as connection:
         rows = connection.execute(select(func.count()).select_from(RateLimitGrant)).scalar_one()
     # One ring row per grant, up to each limit: 10 + 40, whatever the number of grants.
@@ -63,11 +69,48 @@ def test_processes_sharing_postgres_never_exceed_either_window(empty_pg_url: str
     engine.dispose()
 
 
-def test_clients_do_not_block_each_other_on_postgres(empty_pg_url: str) -> None:
-    Base.metadata.create_all(make_engine(empty_pg_url))
-    ledger = SqlLedger(SqlLedger.own_engine(empty_pg_url))
+def test_clients_do_not_block_each_other_on_postgres(pg_url: str) -> None:
+    ledger = SqlLedger(SqlLedger.own_engine(pg_url))
     one = [WindowLimit(endpoint_bucket("one", "GET /a", 1, 1.0), 1, 1.0)]
     two = [WindowLimit(endpoint_bucket("two", "GET /a", 1, 1.0), 1, 1.0)]
     assert ledger.reserve_batch([one], T0) == [T0]
     assert ledger.reserve_batch([two], T0) == [T0]
     assert ledger.reserve_batch([one], T0) == [T0 + 1.0]
+
+
+calls = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=2.0),
+        st.sampled_from(["GET /a", "POST /b", "POST /c"]),
+        st.integers(min_value=1, max_value=6),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(schedule=calls, per_minute=st.sampled_from([7, 25]))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_database_function_grants_what_the_python_rule_grants(
+    pg_database_factory, schedule: list[tuple[float, str, int]], per_minute: int
+) -> None:  # type: ignore[no-untyped-def]
+    """`rate_limit_grant` (migration 0002) and `ratelimit.grant_batch` are one rule: for the same
+    calls they grant the same times."""
+    from worker.migrate import upgrade_to_head
+
+    url = pg_database_factory()
+    upgrade_to_head(url)
+    in_database, in_memory = SqlLedger(SqlLedger.own_engine(url)), MemoryLedger()
+    now = T0
+    for gap, endpoint, count in schedule:
+        now += gap
+        limits = [
+            WindowLimit(endpoint_bucket("c", endpoint, 3, 1.05), 3, 1.05),
+            WindowLimit(client_bucket("c", per_minute, 60.05), per_minute, 60.05),
+        ]
+        batch = [limits] * count
+        assert in_database.reserve_batch(batch, now) == pytest.approx(
+            in_memory.reserve_batch(batch, now)
+        )

@@ -179,6 +179,9 @@ class IbkrClient:
             self._clock,
             lifetime_s=settings.body_lifetime_s,
         )
+        # The client's own transport runs the slot's wait at the request's first write; another
+        # (a test's, the in-process sandbox's) has no write: the wait runs before the call.
+        self._departs_at_write = transport is None
         self._http = _HttpClient(
             base_url=settings.ibkr_base_url,
             transport=transport or http_transport(request_connections),
@@ -426,41 +429,55 @@ class IbkrClient:
         return result, token
 
     def _send_in_slot(self, endpoint_key: str, budget: SendBudget, send: Any) -> httpx.Response:
-        """Take a rate-limit slot, wait for it, and `send()` at its time (stopped before its
-        first byte, and sent in a new slot, when it would leave more than `tolerance_s` late).
-        Raises _NoSlot when no slot can be had before `budget.send_by_mono`."""
+        """`send()` the request in a rate-limit slot of its own, taken when it can leave at once.
+
+        With the client's own transport the slot is taken at the request's first write (the
+        connection is the request's, its head and body are ready), waited for there, and the
+        request leaves right after: nothing but the wait lies between the slot and the bytes.
+        A wake-up more than `tolerance_s` after the slot takes a new slot instead of leaving
+        late. Raises _NoSlot when no slot can be had before `budget.send_by_mono` (nothing
+        left)."""
         limiter = self.rate_limiter
-        while True:
-            if self._clock.monotonic() >= budget.send_by_mono:
-                raise _NoSlot("the request could not leave before its deadline")
-            if not limiter.enabled:
-                response: httpx.Response = send()
-                return response
-            try:
-                slot = limiter.reserve(self.client_id, endpoint_key)
-            except Exception as error:  # noqa: BLE001 - the shared ledger is away: no slot
-                raise _NoSlot(f"no rate-limit slot ({type(error).__name__})") from None
-            wait_s = slot - self._clock.now().timestamp()
-            if self._clock.monotonic() + wait_s >= budget.send_by_mono:
-                raise _NoSlot("the next rate-limit slot comes after the request's deadline")
-            limiter.wait_until(slot)
+        if self._clock.monotonic() >= budget.send_by_mono:
+            raise _NoSlot("the request could not leave before its deadline")
+        if not limiter.enabled:
+            response: httpx.Response = send()
+            return response
 
-            def check(slot: float = slot, tolerance_s: float = limiter.tolerance_s) -> None:
-                if limiter.late_s(slot) > tolerance_s:
-                    raise DepartureRefused(f"{limiter.late_s(slot):.3f} s after its slot")
-
-            try:
-                check()
-                with departure_check(check):
-                    response = send()
-                return response
-            except DepartureRefused as refused:
+        def depart() -> None:
+            while True:
+                if self._clock.monotonic() >= budget.send_by_mono:
+                    raise DepartureRefused("the request could not leave before its deadline")
+                try:
+                    slot = limiter.reserve(self.client_id, endpoint_key)
+                except Exception as error:  # noqa: BLE001 - the shared ledger is away
+                    raise DepartureRefused(f"no rate-limit slot ({type(error).__name__})") from None
+                wait_s = slot - self._clock.now().timestamp()
+                if self._clock.monotonic() + wait_s >= budget.send_by_mono:
+                    raise DepartureRefused(
+                        "the next rate-limit slot comes after the request's deadline"
+                    )
+                limiter.wait_until(slot)
+                late_s = limiter.late_s(slot)
+                if late_s <= limiter.tolerance_s:
+                    return
                 self.late_departures += 1
                 log.info(
-                    "request held back: too late for its slot; taking a new one",
+                    "request woke too late for its slot; taking a new one",
                     endpoint=endpoint_key,
-                    late=str(refused),
+                    late_s=round(late_s, 3),
                 )
+
+        try:
+            if self._departs_at_write:
+                with departure_check(depart):
+                    response = send()
+            else:
+                depart()
+                response = send()
+        except DepartureRefused as refused:
+            raise _NoSlot(str(refused)) from None
+        return response
 
     def _post_token_form(self, url: str, form: dict[str, str]) -> httpx.Response:
         """The token request: its own connection and its own slot (IBKR counts it), within the

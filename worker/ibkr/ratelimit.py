@@ -21,14 +21,15 @@ shares (the database's: `worker.clock.DatabaseClock`).
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import Engine, event, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, event, select, tuple_, update
+from sqlalchemy.dialects import sqlite
 
 from models.tables import RateLimitBucket, RateLimitGrant
 from worker.clock import Clock
@@ -86,10 +87,20 @@ def grant_batch(
     return grants
 
 
+#: The time no grant may precede: a value, or a function read as late as possible (once the
+#: ledger holds its locks), so that a grant of "now" is as close to the call's departure as the
+#: ledger can make it.
+Now = float | Callable[[], float]
+
+
+def _read(now: Now) -> float:
+    return now() if callable(now) else now
+
+
 class SlotLedger(Protocol):
     """Where the rings live; `reserve_batch` must be atomic across all its users."""
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
         """Grant one slot per entry of `batch` (all of one client), in order."""
 
 
@@ -101,12 +112,12 @@ class MemoryLedger:
         self._states: dict[str, BucketState] = {}
         self.reservations = 0
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
         with self._lock:
             for limits in batch:
                 for limit in limits:
                     self._states.setdefault(limit.bucket, BucketState())
-            grants = grant_batch(now, batch, self._states)
+            grants = grant_batch(_read(now), batch, self._states)
             self.reservations += len(batch)
             return grants
 
@@ -118,7 +129,8 @@ class SqlLedger:
     A batch locks its buckets' rows (PostgreSQL `FOR UPDATE`, in name order so that two
     processes never deadlock; SQLite engines from `models.db.make_engine` begin with
     `BEGIN IMMEDIATE`, which serialises writers), reads the ring positions it overwrites,
-    and writes them back: five statements whatever the limits. The engine should be the
+    and writes them back: on PostgreSQL one call of the database's `rate_limit_grant` (one
+    round trip), whatever the limits and the batch. The engine should be the
     ledger's own (one connection); on PostgreSQL its transactions commit with
     `synchronous_commit = off` (see `own_engine`).
     """
@@ -141,6 +153,7 @@ class SqlLedger:
 
         engine = make_engine(url, pool_size=1, pre_ping=False)
         if engine.dialect.name == "postgresql":
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
             @event.listens_for(engine, "connect")
             def _asynchronous_commit(dbapi_connection: object, _record: object) -> None:
@@ -151,7 +164,7 @@ class SqlLedger:
 
         return engine
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: float) -> list[float]:
+    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
         limits_by_bucket: dict[str, WindowLimit] = {}
         counts: dict[str, int] = defaultdict(int)
         for limits in batch:
@@ -159,64 +172,117 @@ class SqlLedger:
                 limits_by_bucket[limit.bucket] = limit
                 counts[limit.bucket] += 1
         names = sorted(limits_by_bucket)
+        if self._postgres:
+            return self._reserve_postgresql(batch, names, limits_by_bucket, now)
         with self._engine.begin() as connection:
             unknown = [name for name in names if name not in self._known_buckets]
             if unknown:
-                dialect_insert = postgresql.insert if self._postgres else sqlite.insert
                 connection.execute(
-                    dialect_insert(RateLimitBucket)
+                    sqlite.insert(RateLimitBucket)
                     .values([{"bucket": name, "granted": 0, "last_at": 0.0} for name in unknown])
                     .on_conflict_do_nothing(index_elements=["bucket"])
                 )
-            query = (
-                select(RateLimitBucket.bucket, RateLimitBucket.granted, RateLimitBucket.last_at)
-                .where(RateLimitBucket.bucket.in_(names))
-                .order_by(RateLimitBucket.bucket)
-            )
-            if self._postgres:
-                query = query.with_for_update()
-            states = {
-                name: BucketState(granted=int(granted), last_at=float(last_at))
-                for name, granted, last_at in connection.execute(query)
-            }
-            wanted = [
-                (name, position)
-                for name in names
-                for position in positions_needed(
-                    limits_by_bucket[name].limit, states[name].granted, counts[name]
-                )
-            ]
-            for name, position, granted_at in connection.execute(
-                select(
-                    RateLimitGrant.bucket, RateLimitGrant.position, RateLimitGrant.granted_at
-                ).where(tuple_(RateLimitGrant.bucket, RateLimitGrant.position).in_(wanted))
-            ):
-                states[name].ring[int(position)] = float(granted_at)
+            states = self._read_portable(connection, names, limits_by_bucket, counts)
             before = {name: state.granted for name, state in states.items()}
-            grants = grant_batch(now, batch, states)
+            grants = grant_batch(_read(now), batch, states)
             written = [
-                {"bucket": name, "position": position, "granted_at": states[name].ring[position]}
+                (name, position, states[name].ring[position])
                 for name in names
                 for position in positions_needed(
                     limits_by_bucket[name].limit, before[name], counts[name]
                 )
             ]
-            dialect_insert = postgresql.insert if self._postgres else sqlite.insert
-            upsert = dialect_insert(RateLimitGrant).values(written)
-            connection.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=["bucket", "position"],
-                    set_={"granted_at": upsert.excluded.granted_at},
-                )
-            )
-            for name in names:
-                connection.execute(
-                    update(RateLimitBucket)
-                    .where(RateLimitBucket.bucket == name)
-                    .values(granted=states[name].granted, last_at=states[name].last_at)
-                )
+            self._write_portable(connection, written, [(name, states[name]) for name in names])
         self._known_buckets.update(names)
         return grants
+
+    # PostgreSQL: the database's `rate_limit_grant` function (migration 0002) does the same in
+    # one round trip: it locks the rings, reads each position it replaces and writes the
+    # grants, in a transaction of its own (the engine is in autocommit).
+
+    _GRANT = (
+        "SELECT rate_limit_grant(%(buckets)s::text[], %(limits)s::int[], %(windows)s::float8[],"
+        " %(calls)s::int[], %(width)s, %(now)s)"
+    )
+
+    def _reserve_postgresql(
+        self,
+        batch: Sequence[Sequence[WindowLimit]],
+        names: list[str],
+        limits_by_bucket: dict[str, WindowLimit],
+        now: Now,
+    ) -> list[float]:
+        index = {name: position + 1 for position, name in enumerate(names)}
+        width = max((len(limits) for limits in batch), default=1) or 1
+        calls: list[int] = []
+        for limits in batch:
+            row = [index[limit.bucket] for limit in limits]
+            calls.extend(row + [0] * (width - len(row)))
+        parameters = {
+            "buckets": names,
+            "limits": [limits_by_bucket[name].limit for name in names],
+            "windows": [limits_by_bucket[name].window_s for name in names],
+            "calls": calls,
+            "width": width,
+            "now": _read(now),
+        }
+        with self._engine.connect() as connection:
+            grants = connection.exec_driver_sql(self._GRANT, parameters).scalar_one()
+        return [float(grant) for grant in grants]
+
+    # SQLite (one host, one writer at a time under BEGIN IMMEDIATE): SQLAlchemy Core.
+
+    def _read_portable(
+        self,
+        connection: Connection,
+        names: list[str],
+        limits_by_bucket: dict[str, WindowLimit],
+        counts: dict[str, int],
+    ) -> dict[str, BucketState]:
+        states = {
+            name: BucketState(granted=int(granted), last_at=float(last_at))
+            for name, granted, last_at in connection.execute(
+                select(RateLimitBucket.bucket, RateLimitBucket.granted, RateLimitBucket.last_at)
+                .where(RateLimitBucket.bucket.in_(names))
+                .order_by(RateLimitBucket.bucket)
+            )
+        }
+        wanted = [
+            (name, position)
+            for name in names
+            for position in positions_needed(
+                limits_by_bucket[name].limit, states[name].granted, counts[name]
+            )
+        ]
+        for name, position, granted_at in connection.execute(
+            select(RateLimitGrant.bucket, RateLimitGrant.position, RateLimitGrant.granted_at).where(
+                tuple_(RateLimitGrant.bucket, RateLimitGrant.position).in_(wanted)
+            )
+        ):
+            states[name].ring[int(position)] = float(granted_at)
+        return states
+
+    def _write_portable(
+        self,
+        connection: Connection,
+        written: list[tuple[str, int, float]],
+        buckets: list[tuple[str, BucketState]],
+    ) -> None:
+        upsert = sqlite.insert(RateLimitGrant).values(
+            [{"bucket": b, "position": p, "granted_at": t} for b, p, t in written]
+        )
+        connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["bucket", "position"],
+                set_={"granted_at": upsert.excluded.granted_at},
+            )
+        )
+        for name, state in buckets:
+            connection.execute(
+                update(RateLimitBucket)
+                .where(RateLimitBucket.bucket == name)
+                .values(granted=state.granted, last_at=state.last_at)
+            )
 
 
 def endpoint_bucket(client_id: str, endpoint_key: str, limit: int, window_s: float) -> str:
@@ -255,62 +321,74 @@ class _Pending:
 class SlotReserver:
     """Batches the reservations of a process's threads: one thread takes every reservation
     waiting at that moment and makes them, per client, in one ledger transaction. Nothing waits
-    for a batch to fill. `now` is read when the batch starts (the shared clock)."""
+    for a batch to fill. `now` (the shared clock) is read once the ledger holds its locks."""
 
     def __init__(self, ledger: SlotLedger, now: Callable[[], float]) -> None:
         self._ledger = ledger
         self._now = now
-        self._queue: list[tuple[str, _Pending]] = []
-        self._condition = threading.Condition()
+        self._queue: queue.SimpleQueue[tuple[str, _Pending] | None] = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.batches = 0
 
     def reserve(self, lock_key: str, limits: Sequence[WindowLimit]) -> float:
         """The slot time granted for one call that must fit `limits` (`lock_key`: the client)."""
+        if self._stopped:
+            raise RuntimeError("the rate limiter is stopped; no more slots are granted")
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="rate-limit-reserver", daemon=True
+                    )
+                    self._thread.start()
         pending = _Pending(limits)
-        with self._condition:
-            if self._stopped:
-                raise RuntimeError("the rate limiter is stopped; no more slots are granted")
-            self._queue.append((lock_key, pending))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="rate-limit-reserver", daemon=True
-                )
-                self._thread.start()
-            self._condition.notify()
+        self._queue.put((lock_key, pending))
         return pending.wait()
 
     def stop(self) -> None:
-        with self._condition:
-            self._stopped = True
-            self._condition.notify()
+        self._stopped = True
+        self._queue.put(None)
 
     def _run(self) -> None:
         while True:
-            with self._condition:
-                while not self._queue and not self._stopped:
-                    self._condition.wait()
-                taken, self._queue = self._queue, []
-                if not taken and self._stopped:
-                    return
-            by_key: dict[str, list[_Pending]] = defaultdict(list)
-            for key, pending in taken:
-                by_key[key].append(pending)
-            for group in by_key.values():
+            first = self._queue.get()
+            taken: list[tuple[str, _Pending]] = []
+            stop = first is None
+            if first is not None:
+                taken.append(first)
+            while True:
                 try:
-                    grants = self._ledger.reserve_batch(
-                        [pending.limits for pending in group], self._now()
-                    )
-                except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
-                    for pending in group:
-                        pending.error = error
-                        pending.done()
-                    continue
-                self.batches += 1
-                for pending, grant in zip(group, grants, strict=True):
-                    pending.result = grant
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    taken.append(more)
+            self._reserve(taken)
+            if stop:
+                return
+
+    def _reserve(self, taken: list[tuple[str, _Pending]]) -> None:
+        by_key: dict[str, list[_Pending]] = defaultdict(list)
+        for key, pending in taken:
+            by_key[key].append(pending)
+        for group in by_key.values():
+            try:
+                grants = self._ledger.reserve_batch(
+                    [pending.limits for pending in group], self._now
+                )
+            except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
+                for pending in group:
+                    pending.error = error
                     pending.done()
+                continue
+            self.batches += 1
+            for pending, grant in zip(group, grants, strict=True):
+                pending.result = grant
+                pending.done()
 
 
 class RateLimiter:

@@ -1,0 +1,104 @@
+"""The private hooks of other libraries (worker._compat) still do what we rely on: these fail
+loudly when httpx or httpcore change underneath."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from worker._compat import DepartureRefused, departure_check, departure_guarded_transport
+from worker.ibkr.client import http_limits
+
+
+class RecordingServer:
+    """A TCP server that notes when each connection's first bytes arrive and answers 200."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.first_bytes_at: list[float] = []
+        self.received = b""
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(2)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = connection.recv(4096)
+                        if not chunk:
+                            break
+                        if not data:
+                            self.first_bytes_at.append(time.monotonic())
+                        data += chunk
+                except TimeoutError:
+                    continue
+                self.received += data
+                if data:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server():  # type: ignore[no-untyped-def]
+    recording = RecordingServer()
+    yield recording
+    recording.close()
+
+
+def test_the_check_runs_at_the_first_write_before_any_byte_leaves(server) -> None:  # type: ignore[no-untyped-def]
+    transport = departure_guarded_transport(http_limits(2), [])
+    with httpx.Client(transport=transport) as client:
+        checked_at: list[float] = []
+
+        def wait_then_go() -> None:
+            time.sleep(0.2)
+            checked_at.append(time.monotonic())
+
+        with departure_check(wait_then_go):
+            assert client.get(server.url + "/x").status_code == 200
+    [checked] = checked_at
+    [arrived] = server.first_bytes_at
+    assert arrived >= checked  # the bytes left after the check returned
+
+
+def test_a_refused_departure_sends_nothing(server) -> None:  # type: ignore[no-untyped-def]
+    transport = departure_guarded_transport(http_limits(2), [])
+
+    def refuse() -> None:
+        raise DepartureRefused("no slot")
+
+    with httpx.Client(transport=transport) as client:
+        with departure_check(refuse), pytest.raises(DepartureRefused):
+            client.post(server.url + "/x", content=b"body")
+        time.sleep(0.1)
+        assert server.received == b""
+        # The next request (no check) goes as usual.
+        assert client.get(server.url + "/y").status_code == 200
+    assert b"GET /y" in server.received
+
+
+def test_the_transport_keeps_httpx_settings() -> None:
+    limits = http_limits(3)
+    transport = departure_guarded_transport(limits, [])
+    pool = transport._pool
+    assert pool._max_connections == limits.max_connections == 4
+    assert pool._max_keepalive_connections == 4 and pool._keepalive_expiry is None

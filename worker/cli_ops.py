@@ -109,7 +109,7 @@ def worker_command(processes: int, threads: int) -> None:
     runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=min(threads, 8))
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     broker = make_broker(settings.broker_url)
     group = GroupCommit(runtime.writer_session_factory())
     declare_actors(broker, runtime.ctx, group)
@@ -181,7 +181,7 @@ def scheduler_command(poll_threads: int) -> None:
     )
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
-        metrics.serve(settings.metrics_port + 1)
+        metrics.serve(settings.metrics_port + 1, settings.metrics_host)
     stub = is_stub_url(settings.broker_url)
     publisher: EventPublisher = (
         MemoryPublisher() if stub else AmqpEventPublisher(settings.broker_url)

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import DeadLetter
-from worker.logging import get_logger, scrub_text
+from worker.logging import get_logger
+from worker.redaction import scrub_text
 
 log = get_logger(__name__)
 MAX_BODY_BYTES = 64 * 1024

@@ -114,7 +114,7 @@ def inspect(
                 None,
                 f"the message is {size:,} bytes, above MAX_MESSAGE_BYTES ({max_message_bytes:,});"
                 " it was not kept whole and cannot be replayed",
-                message_id=_message_id_in_text(prefix),
+                message_id=_message_id_in_text(raw),
                 prefix=prefix,
             ),
             None,
@@ -225,8 +225,11 @@ def _valid_message_id(value: object) -> bool:
 
 
 def _message_id_in_text(raw: bytes) -> str:
-    """The message id written in a message we could not decode (for the dead letter), or ""."""
-    found = _MESSAGE_ID_IN_TEXT.search(raw[:KEPT_PREFIX_BYTES])
+    """The message id written in a message we could not decode (for the dead letter), or "".
+    The last one written: dramatiq writes the envelope's after the arguments."""
+    found = None
+    for found in _MESSAGE_ID_IN_TEXT.finditer(raw):  # noqa: B007 - the last match is wanted
+        pass
     return found.group(1).decode("ascii") if found else ""
 
 

@@ -193,13 +193,12 @@ def letters_to_replay(session: Session, ids: Sequence[int]) -> list[Replay]:
     missing = [str(i) for i in ids if i not in letters]
     if missing:
         raise LookupError(f"no dead letter with id {', '.join(missing)}")
-    originals = dict(
-        session.execute(
-            select(DeadLetterOriginal.dead_letter_id, DeadLetterOriginal.body).where(
-                DeadLetterOriginal.dead_letter_id.in_(ids)
-            )
-        ).tuples()
-    )
+    originals: dict[int, bytes] = {
+        row.dead_letter_id: row.body
+        for row in session.execute(
+            select(DeadLetterOriginal).where(DeadLetterOriginal.dead_letter_id.in_(ids))
+        ).scalars()
+    }
     not_kept = [str(i) for i in ids if i not in originals]
     if not_kept:
         raise ValueError(

@@ -159,6 +159,12 @@ _ACCOUNT_NEAR = re.compile(
     rf"(?i)(?<![A-Za-z0-9])({_ACCOUNT_NAMES})(?![A-Za-z0-9])([^0-9\n]{{1,40}}?)"
     r"(?<![A-Za-z0-9-])([0-9][0-9 -]{3,}[0-9])(?![A-Za-z0-9])"
 )
+# "account 004455667788", "Account #: 123456": an account written as digits only is never an
+# IBKR account id (those start with letters, U46377), so it is a bank or broker account.
+_ACCOUNT_DIGITS = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(account|acct\.?)(\s*(?:no\.?|number|#)?\s*[:=#]?\s*)"
+    r"(?<![A-Za-z0-9-])([0-9][0-9 -]{3,}[0-9])(?![A-Za-z0-9])"
+)
 # An IBAN on its own: country, check digits, then 11 to 30 letters and digits (in groups).
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 # Cheap pre-checks: most text has none of these, and the patterns above are not run then.
@@ -191,6 +197,7 @@ def scrub_text(text: str) -> str:
     if _ACCOUNT_HINTS.search(text):
         text = _ACCOUNT_PAIR.sub(_mask_third, text)
         text = _ACCOUNT_NEAR.sub(_mask_third, text)
+        text = _ACCOUNT_DIGITS.sub(_mask_third, text)
     return text
 
 

@@ -138,6 +138,35 @@ def test_ibans_and_numbers_in_words_are_masked_in_free_text() -> None:
     for secret in ("6016 1331 9268", "370400440532", ROUTING, BANK):
         assert secret not in scrubbed, scrubbed
     assert scrubbed.endswith("********7788")
+    # An account written as digits only is a bank or broker account (IBKR's start with letters).
+    assert scrub_text(f"Account U99999 unknown; bank account {BANK} held") == (
+        "Account U99999 unknown; bank account ********7788 held"
+    )
+
+
+def test_ibkr_error_text_is_scrubbed_where_it_is_parsed() -> None:
+    from worker.ibkr.responses import parse_response
+
+    body = {
+        "instructionSetId": 7,
+        "instructionResult": {
+            "clientInstructionId": 1,
+            "instructionId": 2,
+            "instructionStatus": "REJECTED",
+            "error": {"errorCode": "X", "errorMessage": f"bankAccountNumber {BANK} refused"},
+            "description": f"routing number {ROUTING} unknown",
+        },
+        "invalidArguments": [{"field": "iban", "description": f"iban {BANK} is not valid"}],
+        "detail": f"bank account {BANK}",
+    }
+    result = parse_response("POST", "/p", 422, json.dumps(body).encode(), 1.0)
+    texts = [
+        result.results[0].error_message,
+        result.results[0].description,
+        result.invalid_arguments[0][1],
+        result.error_detail,
+    ]
+    assert all(text and BANK not in text and ROUTING not in text for text in texts), texts
 
 
 def test_short_values_show_less() -> None:

@@ -101,11 +101,19 @@ class Envelope:
 
 
 def inspect(
-    raw: bytes, *, max_message_bytes: int, actor_name: str
+    raw: bytes,
+    *,
+    max_message_bytes: int,
+    actor_name: str,
+    received_size: int | None = None,
+    tail: bytes = b"",
 ) -> tuple[Arrival, Envelope | None]:
     """Judge `raw` (the bytes of one message): (the arrival, the envelope when it is a message
-    for `actor_name` within every limit, else None and `arrival.rejection` says why)."""
-    size = len(raw)
+    for `actor_name` within every limit, else None and `arrival.rejection` says why).
+
+    `received_size`: the size of the message when `raw` is only its beginning (the receiver
+    kept no more), `tail` then its last bytes."""
+    size = received_size if received_size is not None else len(raw)
     if size > max_message_bytes:
         prefix = bytes(raw[:KEPT_PREFIX_BYTES])
         return (
@@ -114,7 +122,7 @@ def inspect(
                 None,
                 f"the message is {size:,} bytes, above MAX_MESSAGE_BYTES ({max_message_bytes:,});"
                 " it was not kept whole and cannot be replayed",
-                message_id=_message_id_in_text(raw),
+                message_id=_message_id_in_text(raw + tail if tail else raw),
                 prefix=prefix,
             ),
             None,

@@ -28,6 +28,7 @@ log = get_logger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_CHARS = 4000
 REPLACEMENT = "\ufffd"
+_SCRUB_MARGIN_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ def body_view(raw: bytes, *, complete: bool = True) -> BodyView:
             else:
                 text = raw.decode("utf-8")
     if text is None:
-        decoded, replaced = _decoded(raw, complete=complete)
+        # Only what is shown is scrubbed (a margin past the cut masks a number it splits):
+        # scrubbing megabytes of text costs seconds.
+        decoded, replaced = _decoded(raw[: MAX_BODY_BYTES + _SCRUB_MARGIN_BYTES], complete=False)
+        if len(raw) <= MAX_BODY_BYTES + _SCRUB_MARGIN_BYTES:
+            decoded, replaced = _decoded(raw, complete=complete)
+        elif not replaced:
+            replaced = _has_invalid_utf8(raw)
         text = scrub_text(decoded)
         masked = text != decoded
     if "\x00" in text:
@@ -93,6 +100,14 @@ def _decoded(raw: bytes, *, complete: bool) -> tuple[str, bool]:
             head, replaced = _decoded(raw[: error.start], complete=True)
             return head, replaced
         return raw.decode("utf-8", "replace"), True
+
+
+def _has_invalid_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def failure_key(message_id: str | None, raw: bytes) -> str:

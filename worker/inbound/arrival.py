@@ -129,10 +129,9 @@ def inspect(
         )
     original = bytes(raw)
     try:
-        data = parse_json(original)
+        data, values = _parse_counted(original)
     except Refused as error:
         return Arrival(size, original, error.reason, message_id=_message_id_in_text(original)), None
-    values = count_values(original)
     try:
         envelope = _envelope(data, actor_name)
     except Refused as error:
@@ -145,6 +144,11 @@ def inspect(
 def parse_json(raw: bytes) -> Any:
     """`raw` as JSON (numbers as int and Decimal), within the limits of this module; Refused
     names the first limit broken. Never recurses deeper than `MAX_JSON_DEPTH`."""
+    return _parse_counted(raw)[0]
+
+
+def _parse_counted(raw: bytes) -> tuple[Any, int]:
+    """(the value, how many JSON values it holds); see `parse_json`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -164,7 +168,7 @@ def parse_json(raw: bytes) -> Any:
             "not match); no IBKR request is"
         )
     try:
-        return json.loads(
+        value = json.loads(
             text,
             parse_float=_decimal,
             parse_int=_integer,
@@ -176,6 +180,7 @@ def parse_json(raw: bytes) -> Any:
         ) from None
     except RecursionError:  # excluded by the depth check; kept so nothing escapes
         raise Refused(f"the message is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    return value, values
 
 
 def count_values(raw: bytes) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -274,7 +275,15 @@ class OutboxEvent(Base):
 
 
 class DeadLetter(Base):
-    """A message that could not be processed: its raw body (truncated past 64 KiB) and why."""
+    """A message that could not be processed: a view of it for people, and why.
+
+    `body` is the view: the message as received with bank, broker and tax account numbers
+    masked, truncated past 64 KiB, invalid UTF-8 and NUL replaced; `body_masked`,
+    `truncated` and `body_replaced` say which of these made it differ from the original.
+    The original bytes live in `DeadLetterOriginal` (only replay reads them), when
+    `original_kept` (a message above MAX_MESSAGE_BYTES is not kept whole). `body_sha256`
+    (of the bytes received, or of the part kept) recognises the same message seen again.
+    """
 
     __tablename__ = "dead_letters"
 
@@ -284,12 +293,42 @@ class DeadLetter(Base):
     body: Mapped[str] = mapped_column(Text)
     body_size: Mapped[int] = mapped_column(Integer)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    body_masked: Mapped[bool] = mapped_column(Boolean, default=False)
+    body_replaced: Mapped[bool] = mapped_column(Boolean, default=False)
+    original_kept: Mapped[bool] = mapped_column(Boolean, default=False)
+    body_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str] = mapped_column(Text)
     first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
     seen_count: Mapped[int] = mapped_column(Integer, default=1)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class DeadLetterOriginal(Base):
+    """The bytes of a dead letter exactly as received (at most MAX_MESSAGE_BYTES). Only replay
+    reads them: they are never logged, listed or shown."""
+
+    __tablename__ = "dead_letter_originals"
+
+    dead_letter_id: Mapped[int] = mapped_column(
+        ForeignKey("dead_letters.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MessageFailure(Base):
+    """How often handling one inbound message failed (infrastructure trouble, or a bug), kept
+    where no producer can write it. `key` is the message id, or `sha256:<hex>` of the bytes
+    of a message without one. Replay of its dead letter deletes the row (a fresh count)."""
+
+    __tablename__ = "message_failures"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failure_count: Mapped[int] = mapped_column(Integer)
+    last_reason: Mapped[str] = mapped_column(Text)
+    first_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class InboundMessage(Base):

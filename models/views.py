@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.tables import ClientInstruction
+from worker.redaction import mask_bank_details, scrub_text
 
 FINAL_STATUSES = frozenset({"PROCESSED", "REJECTED", "FAILED", "CONFLICT"})
 LOCAL_STATUSES = frozenset({"RECEIVED", "SUBMITTING", "FAILED", "CONFLICT"})
@@ -25,10 +26,12 @@ def iso_utc(value: datetime | None) -> str | None:
 
 
 def tracked_state(row: ClientInstruction) -> dict[str, Any]:
-    """The status object of the contract for one client instruction."""
+    """The status object of the contract for one client instruction. The error text and the
+    result pass the redaction (IBKR's words and a request's values may carry account numbers)."""
     error = None
     if row.error_code is not None or row.error_message is not None:
-        error = {"code": row.error_code, "message": row.error_message}
+        message = scrub_text(row.error_message) if row.error_message else row.error_message
+        error = {"code": row.error_code, "message": message}
     return {
         "clientInstructionId": row.client_instruction_id,
         "instructionType": row.instruction_type,
@@ -37,7 +40,7 @@ def tracked_state(row: ClientInstruction) -> dict[str, Any]:
         "instructionSetId": row.instruction_set_id,
         "ibReferenceId": row.ib_reference_id,
         "error": error,
-        "result": row.result,
+        "result": mask_bank_details(row.result) if row.result is not None else None,
         "correlationId": row.correlation_id,
         "accountId": row.account_id,
         "createdAt": iso_utc(row.created_at),

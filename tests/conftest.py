@@ -48,6 +48,20 @@ def _port_open(url: str, default_port: int) -> bool:
         return False
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true no test is skipped: a skip, wherever it comes from (a fixture, a marker, a
+    test's own `pytest.skip`), is reported as a failure with its reason."""
+    outcome = yield
+    if not CI:
+        return
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _not_run:
         terminalreporter.section("not run: services missing")

@@ -16,6 +16,8 @@ from structlog.contextvars import bound_contextvars
 
 from worker import jsontext
 from worker.broker import ACTOR_NAME, QUEUE_NAME
+from worker.inbound.edge import arrival_of
+from worker.inbound.retries import Retrier
 from worker.logging import get_logger
 from worker.tracking.context import TrackingContext
 from worker.tracking.deadletters import record_dead_letter
@@ -154,11 +156,16 @@ def _handle(
                 else None
             )
     except Unprocessable as error:
+        # The bytes as received (the edge kept them); a message built in this process has none.
+        arrival = arrival_of(message)
         body: bytes | str
-        try:
-            body = message.encode() if message is not None else jsontext.dumps(kwargs)
-        except (TypeError, ValueError):
-            body = repr(kwargs)
+        if arrival is not None:
+            body = arrival.kept_bytes
+        else:
+            try:
+                body = message.encode() if message is not None else jsontext.dumps(kwargs)
+            except (TypeError, ValueError):
+                body = repr(kwargs)
         record_dead_letter(
             ctx.session_factory,
             body=body,
@@ -166,6 +173,7 @@ def _handle(
             now=ctx.clock.now(),
             message_id=message_id,
             queue_name=QUEUE_NAME,
+            received_bytes=arrival.size_bytes if arrival is not None else None,
         )
         return
     if answer is not None:
@@ -199,9 +207,20 @@ def declare_actors(
     """Declare `submit_instruction` on `broker`, bound to the tracking context `ctx` (with
     `group`, its threads share transactions)."""
     steps = grouped_steps(ctx, group) if group is not None else None
+    retrier = Retrier.for_database(ctx.session_factory, ctx.clock, QUEUE_NAME)
 
     def submit_instruction(*args: Any, **kwargs: Any) -> None:
-        handle_message(ctx, args, kwargs, CurrentMessage.get_current_message(), steps)
+        message = CurrentMessage.get_current_message()
+        message_id = str(getattr(message, "message_id", "") or "")
+        # A refused message is set aside without reaching tracking; anything that raises out
+        # of tracking is retried by our count, never by dramatiq (see `inbound.retries`).
+        with bound_contextvars(message_id=message_id):
+            retrier.run(
+                arrival_of(message),
+                message_id,
+                bool(getattr(message, "redelivered", False)),
+                lambda: handle_message(ctx, args, kwargs, message, steps),
+            )
 
     actor: dramatiq.Actor[Any, None] = dramatiq.actor(
         broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from models.tables import AuditEvent, ClientInstruction, DeadLetter, Submission
 from models.views import iso_utc, tracked_state
+from worker.redaction import scrub_text
 
 DEFAULT_AUDIT_LIMIT = 1000
 DEFAULT_DEAD_LETTER_LIMIT = 1000
@@ -225,16 +226,32 @@ def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
     """One dead letter as the `dead-letters list --json` object.
 
     `seenAt` is when the message was first set aside; `lastSeenAt` and `seenCount` say whether
-    it came back; `body` is the raw body as stored (truncated past 64 KiB: `truncated`).
+    it came back; `body` is the message as received with bank, broker and tax account numbers
+    masked, truncated past 64 KiB, invalid UTF-8 and NUL replaced: `bodyIsOriginal` is false
+    when any of these changed it, and `bodyChanges` says which (`masked`, `truncated`,
+    `replaced`). `replayable`: the original bytes were kept (replay sends those, unchanged).
     """
+    shown = scrub_text(row.body)  # letters recorded before the view was masked, too
+    changes = [
+        name
+        for name, applies in (
+            ("masked", row.body_masked or shown != row.body),
+            ("truncated", row.truncated),
+            ("replaced", row.body_replaced),
+        )
+        if applies
+    ]
     return {
         "id": row.id,
         "messageId": row.message_id,
         "queueName": row.queue_name,
-        "body": row.body,
+        "body": shown,
         "bodySize": row.body_size,
         "truncated": row.truncated,
-        "reason": row.reason,
+        "bodyIsOriginal": not changes,
+        "bodyChanges": changes,
+        "replayable": row.original_kept,
+        "reason": scrub_text(row.reason),
         "seenAt": iso_utc(row.first_seen_at),
         "lastSeenAt": iso_utc(row.last_seen_at),
         "seenCount": row.seen_count,

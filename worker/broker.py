@@ -15,21 +15,21 @@ from typing import Any
 
 import dramatiq
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import (
-    AgeLimit,
-    Callbacks,
-    CurrentMessage,
-    Pipelines,
-    Retries,
-    ShutdownNotifications,
-    TimeLimit,
-)
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 
+from worker.config import MAX_MESSAGE_BYTES_CEILING
 from worker.events import EVENTS_EXCHANGE, OutgoingEvent
+from worker.inbound.arrival import KEPT_PREFIX_BYTES, inspect
+from worker.inbound.edge import (
+    DEFAULT_HELD_BYTES,
+    DEFAULT_MAX_PREFETCH,
+    EdgeLimits,
+    EdgeRabbitmqBroker,
+    EdgeStubBroker,
+    HeldBytes,
+    install_encoder,
+)
 from worker.logging import get_logger
 
 log = get_logger(__name__)
@@ -43,24 +43,29 @@ def is_stub_url(url: str) -> bool:
     return url.startswith("stub:")
 
 
-def make_broker(url: str) -> dramatiq.Broker:
-    """The dramatiq broker for `url` (`amqp://...` RabbitMQ with confirms, `stub://` in-process)."""
-    middleware = [
-        AgeLimit(),
-        TimeLimit(time_limit=15 * 60 * 1000),
-        ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        # Only infrastructure trouble (database or network down) raises out of our actor; bad
-        # input never does. Up to ~1.5 h of retries rides out a restart without a manual step.
-        Retries(max_retries=100, min_backoff=1_000, max_backoff=60_000),
-        CurrentMessage(),
-    ]
+DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def make_broker(
+    url: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    held_bytes: int = DEFAULT_HELD_BYTES,
+    max_prefetch: int = DEFAULT_MAX_PREFETCH,
+) -> dramatiq.Broker:
+    """The dramatiq broker for `url` (`amqp://...` RabbitMQ with confirms, `stub://` in-process)
+    behind the inbound edge (`worker.inbound.edge`): messages above `max_message_bytes`
+    (MAX_MESSAGE_BYTES) and every other message that cannot be processed reach the actor only
+    to be set aside; options are dropped; decoded messages hold at most `held_bytes` (bytes)
+    at once; no consumer prefetches more than `max_prefetch` messages. Also makes the edge's
+    encoder dramatiq's."""
+    install_encoder(QUEUE_NAME, ACTOR_NAME)
+    limits = EdgeLimits(max_message_bytes, HeldBytes(held_bytes), max_prefetch, ACTOR_NAME)
     broker: dramatiq.Broker
     if is_stub_url(url):
-        broker = StubBroker(middleware=middleware)
+        broker = EdgeStubBroker(limits=limits)
     else:
-        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+        broker = EdgeRabbitmqBroker(limits=limits, url=url, confirm_delivery=True)
     broker.declare_queue(QUEUE_NAME)
     return broker
 
@@ -144,10 +149,18 @@ class AmqpEventPublisher(AmqpConnection):
 class DeadLetterDrain(AmqpConnection):
     """Moves messages from dramatiq's `.XQ` queue into the dead-letters table.
 
-    `record(body, message_id, reason)` must commit before the message is acknowledged.
+    `record(body, message_id, reason, received_bytes)` must commit before the message is
+    acknowledged; `body` is the whole message, or its first 64 KiB when it is larger than
+    `max_message_bytes` (then `received_bytes` is its size, else None).
     """
 
-    def drain(self, record: Callable[[bytes, str | None, str], None], *, limit: int = 100) -> int:
+    def __init__(self, url: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        super().__init__(url)
+        self.max_message_bytes = max_message_bytes
+
+    def drain(
+        self, record: Callable[[bytes, str | None, str, int | None], None], *, limit: int = 100
+    ) -> int:
         moved = 0
         try:
             channel = self.channel()
@@ -165,8 +178,11 @@ class DeadLetterDrain(AmqpConnection):
                 if method is None or method.delivery_tag is None:
                     break
                 raw = body if isinstance(body, bytes) else (body or "").encode()
-                message_id, reason = explain_dead_message(raw)
-                record(raw, message_id, reason)
+                message_id, reason = explain_dead_message(raw, self.max_message_bytes)
+                if len(raw) > self.max_message_bytes:
+                    record(raw[:KEPT_PREFIX_BYTES], message_id, reason, len(raw))
+                else:
+                    record(raw, message_id, reason, None)
                 channel.basic_ack(method.delivery_tag)
                 moved += 1
         except Exception:
@@ -175,20 +191,19 @@ class DeadLetterDrain(AmqpConnection):
         return moved
 
 
-def explain_dead_message(body: bytes) -> tuple[str | None, str]:
-    """(message id, reason) for a body dramatiq gave up on."""
-    try:
-        message = dramatiq.Message.decode(body)
-    except Exception as error:  # noqa: BLE001 - any decoding failure is the reason itself
-        return None, f"not a valid dramatiq message ({type(error).__name__}: {str(error)[:300]})"
-    if message.actor_name != ACTOR_NAME:
-        return message.message_id, f"unknown actor {message.actor_name!r} (expected {ACTOR_NAME!r})"
-    traceback = message.options.get("traceback")
-    if isinstance(traceback, str) and traceback.strip():
-        last = traceback.strip().splitlines()[-1]
-        retries = message.options.get("retries", 0)
-        return message.message_id, f"failed after {retries} retries: {last[:500]}"
-    return message.message_id, "rejected by the broker (expired or dead-lettered)"
+def explain_dead_message(
+    body: bytes, max_message_bytes: int = MAX_MESSAGE_BYTES_CEILING
+) -> tuple[str | None, str]:
+    """(message id, reason) for a message found in dramatiq's `.XQ` queue (our worker puts
+    none there: a producer or an operator did, or a worker of an older version)."""
+    arrival, _envelope = inspect(body, max_message_bytes=max_message_bytes, actor_name=ACTOR_NAME)
+    if arrival.rejection is not None:
+        return arrival.message_id or None, arrival.rejection
+    return (
+        arrival.message_id or None,
+        "found in the dead-letter queue (rejected by a worker or the broker); replay it to "
+        "process it",
+    )
 
 
 def publish_raw(url: str, bodies: Sequence[bytes]) -> None:

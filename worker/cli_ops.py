@@ -127,8 +127,8 @@ def worker_command(processes: int | None, threads: int) -> None:
     runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=min(threads, 8))
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
-        metrics.serve(settings.metrics_port)
-    broker = make_broker(settings.broker_url)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    broker = make_broker(settings.broker_url, max_message_bytes=settings.max_message_bytes)
     group = GroupCommit(runtime.writer_session_factory())
     declare_actors(broker, runtime.ctx, group)
     consumer = Worker(broker, worker_threads=threads, worker_timeout=1000)
@@ -243,12 +243,12 @@ def scheduler_command(poll_threads: int) -> None:
     )
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
-        metrics.serve(settings.metrics_port + 1)
+        metrics.serve(settings.metrics_port + 1, settings.metrics_host)
     stub = is_stub_url(settings.broker_url)
     publisher: EventPublisher = (
         MemoryPublisher() if stub else AmqpEventPublisher(settings.broker_url)
     )
-    drain = None if stub else DeadLetterDrain(settings.broker_url)
+    drain = None if stub else DeadLetterDrain(settings.broker_url, settings.max_message_bytes)
     scheduler = Scheduler(runtime.ctx, publisher, drain, poll_threads=poll_threads)
     scheduler.start()
     log.info("scheduler started", poll_threads=poll_threads)
@@ -399,21 +399,21 @@ def health_command() -> None:
 @click.command("replay")
 @click.argument("ids", nargs=-1, required=True, type=int)
 def replay_command(ids: tuple[int, ...]) -> None:
-    """Re-enqueue the dead letters IDS (from `dead-letters list`) to `ibkr.instructions`."""
+    """Re-enqueue the dead letters IDS (from `dead-letters list`) to `ibkr.instructions`: the
+    original bytes, unchanged, with the message's failure count reset."""
     settings = _settings()
     from worker.broker import publish_raw
-    from worker.tracking.deadletters import letters_to_replay
+    from worker.tracking.deadletters import letters_to_replay, mark_replayed
 
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
     try:
         with factory.begin() as session:
-            letters = letters_to_replay(session, list(ids))
-            publish_raw(settings.broker_url, [letter.body.encode("utf-8") for letter in letters])
-            now = datetime.now(UTC)
-            for letter in letters:
-                letter.replay_count += 1
-                letter.replayed_at = now
+            replays = letters_to_replay(session, list(ids))
+            # Reset first: a worker may take the message as soon as it is published.
+            mark_replayed(session, replays, datetime.now(UTC))
+            session.flush()
+            publish_raw(settings.broker_url, [replay.original for replay in replays])
     except (LookupError, ValueError) as error:
         _fail(str(error), 1)
     finally:

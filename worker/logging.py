@@ -1,122 +1,56 @@
-"""structlog set-up and the one redaction processor.
+"""structlog set-up: JSON lines (or console) on stderr, for our loggers and the standard
+library's (dramatiq, SQLAlchemy, pika, httpx) alike.
 
-Every log line goes through :func:`redact`: private keys, bearer tokens, client assertions,
-signed bodies (compact JWS) and bank account numbers never leave the process in a log line.
-The same masking is used for API bodies kept in the audit trail (:func:`mask_bank_details`).
+Every line passes :func:`redact` last before rendering; what it removes and masks is decided in
+:mod:`worker.redaction`. Records of the standard library have their traceback formatted first
+(so it is kept, and scrubbed like the rest), and dramatiq's messages in a record's arguments
+are written as their actor and message id only (never the request they carry).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-REDACTED = "[REDACTED]"
-
-# Keys whose values are secret wherever they appear (compared lower-case, without _ and -).
-_SECRET_KEYS = frozenset(
-    {
-        "accesstoken",
-        "token",
-        "authorization",
-        "clientassertion",
-        "privatekey",
-        "privatekeypem",
-        "signedbody",
-        "jws",
-        "refreshtoken",
-        "idtoken",
-        "password",
-        "secret",
-        "clientsecret",
-    }
-)
-# Keys that carry bank account numbers (masked to the last four characters).
-_ACCOUNT_NUMBER_KEYS = frozenset(
-    {
-        "bankaccountnumber",
-        "accountnumber",
-        "clientaccountid",
-        "identifier",
-        "iban",
-        "fromaccountnumber",
-        "contrabrokeraccountid",
-        "accountatbroker",
-        "brokeraccountid",
-        "accountidatcurrentbroker",
-        "safekeepingaccountid",
-        "memberaccountid",
-    }
-)
-_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
-_JWS = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
-_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
-# An account number written out in free text (a repr of a request, an exception message).
-_ACCOUNT_IN_TEXT = re.compile(
-    r"(?i)(bankAccountNumber|accountNumber|clientAccountId|identifier|iban|contraBrokerAccountId"
-    r"|accountAtBroker|brokerAccountId|accountIdAtCurrentBroker)(\W{1,4})([A-Za-z0-9-]{5,})"
-)
-
-
-def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
-
-
-def mask_account_number(value: Any) -> Any:
-    """`123456789` -> `*****6789`; short or empty values are masked whole."""
-    if value is None:
-        return None
-    text = str(value)
-    if len(text) <= 4:
-        return "*" * len(text)
-    return "*" * (len(text) - 4) + text[-4:]
-
-
-def scrub_text(text: str) -> str:
-    """Remove PEM private keys, compact JWS/JWT strings and bearer tokens from free text."""
-    if "-----BEGIN" in text:
-        text = _PEM.sub(REDACTED, text)
-    if "eyJ" in text:
-        text = _JWS.sub(REDACTED, text)
-    if "earer" in text:
-        text = _BEARER.sub("Bearer " + REDACTED, text)
-    if "ccount" in text or "dentifier" in text or "iban" in text.lower():
-        text = _ACCOUNT_IN_TEXT.sub(
-            lambda m: m.group(1) + m.group(2) + str(mask_account_number(m.group(3))), text
-        )
-    return text
-
-
-def mask_bank_details(value: Any) -> Any:
-    """A copy of a JSON-like value with secrets removed and bank account numbers masked.
-
-    Used for API bodies stored in the audit trail and for every log event.
-    """
-    if isinstance(value, Mapping):
-        masked: dict[str, Any] = {}
-        for key, item in value.items():
-            norm = _norm(str(key))
-            if norm in _SECRET_KEYS:
-                masked[key] = REDACTED
-            elif norm in _ACCOUNT_NUMBER_KEYS and not isinstance(item, Mapping | list):
-                masked[key] = mask_account_number(item)
-            else:
-                masked[key] = mask_bank_details(item)
-        return masked
-    if isinstance(value, list | tuple):
-        return [mask_bank_details(item) for item in value]
-    if isinstance(value, str):
-        return scrub_text(value)
-    return value
+from worker.redaction import redact_event
 
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog processor: the single place where log events lose their secrets."""
-    return mask_bank_details(event_dict)
+    return redact_event(event_dict)
+
+
+_DRAMATIQ_MESSAGE_CLASSES = {("dramatiq.message", "Message"), ("dramatiq.broker", "MessageProxy")}
+
+
+def _is_dramatiq_message(value: object) -> bool:
+    # By class name rather than by import: this module is loaded by every command.
+    return any(
+        (cls.__module__, cls.__name__) in _DRAMATIQ_MESSAGE_CLASSES for cls in type(value).__mro__
+    )
+
+
+def message_summary(message: Any) -> str:
+    """`submit_instruction message 6f1c...`: how a dramatiq message is named in a log line."""
+    return f"{message.actor_name} message {message.message_id or '(no id)'}"
+
+
+class DramatiqMessageArguments(logging.Filter):
+    """Replaces dramatiq messages among a record's arguments by `message_summary`: dramatiq
+    logs `Failed to process message %s` (and others) with the message, whose text is the
+    whole request with its keyword arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_is_dramatiq_message(a) for a in args):
+            record.args = tuple(message_summary(a) if _is_dramatiq_message(a) else a for a in args)
+        if _is_dramatiq_message(record.msg):
+            record.msg = message_summary(record.msg)
+        return True
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -150,11 +84,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
                 structlog.stdlib.add_logger_name,
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
+                # The traceback becomes text here, before `redact` scrubs it: without this the
+                # exception would reach the renderer unscrubbed (or be lost).
+                structlog.processors.format_exc_info,
                 redact,
             ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(DramatiqMessageArguments())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(

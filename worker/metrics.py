@@ -20,10 +20,27 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ClientInstruction, DeadLetter, OutboxEvent
+from worker.ibkr.endpoints import INSTRUCTION_TYPES
 from worker.ibkr.responses import ApiResult, Outcome
+from worker.redaction import redact_label
 
 _ID_SEGMENT = re.compile(r"/-?\d+(?=/|$)")
 NOT_FINAL = ("RECEIVED", "SUBMITTING", "PENDING", "PENDING_VERIFICATION")
+#: The label of an instructionType IBKR does not know (a FAILED request can carry any text: as
+#: a label it would be shown to every scraper and grow the registry without bound).
+OTHER_TYPE = "OTHER"
+#: Longest label value kept (an unexpected one is cut, after the redaction).
+MAX_LABEL_CHARS = 64
+
+
+def label(value: str) -> str:
+    """A label value as served: redacted (see `worker.redaction`) and at most 64 characters."""
+    return redact_label(value)[:MAX_LABEL_CHARS]
+
+
+def instruction_type_label(instruction_type: str) -> str:
+    """The instructionType itself when IBKR knows it, else `OTHER`."""
+    return instruction_type if instruction_type in INSTRUCTION_TYPES else OTHER_TYPE
 
 
 def path_template(path: str) -> str:
@@ -68,18 +85,19 @@ class Metrics:
     # Observer protocol -------------------------------------------------------------------
     def api_call(self, result: ApiResult) -> None:
         exchange = result.exchange
-        endpoint = path_template(exchange.path)
+        endpoint = label(path_template(exchange.path))
+        method = label(exchange.method)
         status = (
             str(exchange.http_status) if exchange.http_status is not None else result.outcome.value
         )
-        self.api_calls.labels(exchange.method, endpoint, status).inc()
+        self.api_calls.labels(method, endpoint, label(status)).inc()
         if exchange.latency_ms is not None:
-            self.api_latency.labels(exchange.method, endpoint).observe(exchange.latency_ms / 1000)
+            self.api_latency.labels(method, endpoint).observe(exchange.latency_ms / 1000)
         if result.outcome is Outcome.THROTTLED:
             self.throttled.inc()
 
     def status_changed(self, instruction_type: str, to_status: str) -> None:
-        self.status_changes.labels(instruction_type, to_status).inc()
+        self.status_changes.labels(instruction_type_label(instruction_type), label(to_status)).inc()
 
     def applied_twice(self, instruction_type: str) -> None:
         self.applied_twice_count.labels(instruction_type).inc()
@@ -90,9 +108,10 @@ class Metrics:
         """Add the state gauges read from the database."""
         self.registry.register(_StateCollector(session_factory, max_age_s))
 
-    def serve(self, port: int) -> None:
-        """Serve `/metrics` on `port` (all interfaces) from a daemon thread."""
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve `/metrics` on `host:port` from a daemon thread (`host` from METRICS_HOST:
+        loopback unless the operator opens it)."""
+        start_http_server(port, addr=host, registry=self.registry)
 
 
 class _StateCollector:
@@ -125,7 +144,7 @@ class _StateCollector:
             for status, count in session.execute(
                 select(ClientInstruction.status, func.count()).group_by(ClientInstruction.status)
             ):
-                by_status.add_metric([status], count)
+                by_status.add_metric([label(status)], count)
             overdue = session.execute(
                 select(func.count()).where(
                     ClientInstruction.overdue_at.is_not(None), ClientInstruction.final_at.is_(None)

@@ -94,7 +94,9 @@ class Scheduler:
             if moved == 0:
                 self.stopping.wait(self.idle_drain_s)
 
-    def _record(self, body: bytes, message_id: str | None, reason: str) -> None:
+    def _record(
+        self, body: bytes, message_id: str | None, reason: str, received_bytes: int | None
+    ) -> None:
         record_dead_letter(
             self.ctx.session_factory,
             body=body,
@@ -102,4 +104,5 @@ class Scheduler:
             now=self.ctx.clock.now(),
             message_id=message_id,
             queue_name=DEAD_LETTER_QUEUE,
+            received_bytes=received_bytes,
         )

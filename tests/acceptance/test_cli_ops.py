@@ -133,7 +133,8 @@ def test_undecodable_messages_become_dead_letters_and_can_be_replayed(pipeline: 
     )
     listed = pipeline.cli("dead-letters", "list", "--json")
     [letter] = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert "not a valid dramatiq message" in letter["reason"]
+    assert "the message is not JSON" in letter["reason"]
+    assert letter["replayable"] is True and letter["bodyIsOriginal"] is True
     assert pipeline.alive("worker") and pipeline.alive("scheduler")
     replayed = pipeline.cli("dead-letters", "replay", str(letter["id"]))
     assert replayed.returncode == 0, replayed.stderr
@@ -195,3 +196,20 @@ def test_metrics_are_served_on_the_port_and_the_next_one(
         "ibkr_oldest_pending_age_seconds",
     ):
         assert name in scheduler_metrics, name
+    # Both listen on loopback only (METRICS_HOST unset): never on every interface.
+    assert listening_addresses(port) == listening_addresses(port + 1) == {"127.0.0.1"}
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 and IPv6 addresses a TCP socket listens on at `port` (from /proc/net)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                if len(address) == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add("::" if set(address) == {"0"} else address)
+    return found

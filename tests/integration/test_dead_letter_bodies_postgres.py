@@ -1,5 +1,6 @@
 """Dead letters on PostgreSQL, whose text columns refuse NUL: a binary body must still be
-recorded (once), or the drain would fail on it forever and block every letter behind it."""
+recorded (once), or the drain would fail on it forever and block every letter behind it; its
+original bytes are kept exactly (bytea) for replay, apart from the view."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from models import DeadLetter, make_engine, make_session_factory
-from worker.tracking.deadletters import record_dead_letter
+from worker.tracking.deadletters import letters_to_replay, record_dead_letter
 
 pytestmark = pytest.mark.postgres
 
@@ -24,9 +25,11 @@ def test_a_body_with_nul_bytes_is_recorded_and_counted_again_when_seen_again(pg_
         again = record_dead_letter(factory, body=body, reason="not a message \x00", now=now)
         with factory() as session:
             [letter] = session.execute(select(DeadLetter)).scalars().all()
+            [replay] = letters_to_replay(session, [letter.id])
     finally:
         engine.dispose()
     assert first == again == letter.id
     assert letter.seen_count == 2 and letter.body_size == len(body)
     assert "\x00" not in letter.body and "binary garbage" in letter.body
     assert "\x00" not in letter.reason
+    assert replay.original == body and letter.body_replaced and not letter.truncated

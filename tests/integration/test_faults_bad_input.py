@@ -40,8 +40,34 @@ def without(request: dict[str, Any], name: str) -> dict[str, Any]:
     return request
 
 
+# Every option a producer could set; dramatiq would act on each (hold the message until the
+# eta, interrupt it after 1 ms, pipe or call back into other actors). The worker ignores them.
+STRAY_OPTIONS: dict[str, Any] = {
+    "eta": int(time.time() * 1000) + 10 * 24 * 3600 * 1000,
+    "delay": 10 * 24 * 3600 * 1000,
+    "retries": 99,
+    "max_retries": 0,
+    "min_backoff": 10**9,
+    "max_backoff": 10**9,
+    "time_limit": 1,
+    "max_age": 1,
+    "pipe_target": {"queue_name": "elsewhere", "actor_name": "x", "args": [], "kwargs": {}},
+    "pipe_ignore": False,
+    "on_success": "transfer_money",
+    "on_failure": "transfer_money",
+    "on_retry_exhausted": "transfer_money",
+    "notify_shutdown": True,
+    "throws": "Exception",
+    "broker_priority": 255,
+}
+
+
 def message(
-    kwargs: Any, *, args: list[Any] | None = None, actor: str = ACTOR_NAME
+    kwargs: Any,
+    *,
+    args: list[Any] | None = None,
+    actor: str = ACTOR_NAME,
+    options: dict[str, Any] | None = None,
 ) -> tuple[str, bytes]:
     """(message id, body) of a dramatiq message as a non-Python producer writes it."""
     message_id = str(uuid.uuid4())
@@ -50,7 +76,7 @@ def message(
         "actor_name": actor,
         "args": args or [],
         "kwargs": kwargs,
-        "options": {},
+        "options": options or {},
         "message_id": message_id,
         "message_timestamp": int(time.time() * 1000),
     }
@@ -87,6 +113,11 @@ def bad_messages() -> tuple[dict[str, bytes], dict[str, tuple[int, str, bytes]],
     expect_dead({"request": {"instructionType": "INTERNAL_CASH_TRANSFER", "instructions": []}})
     expect_dead({"request": ict(next(n))}, args=[1, 2])
     expect_dead({"request": ict(next(n))}, actor="transfer_money")
+    # Above MAX_MESSAGE_BYTES (2 MiB by default): set aside on its size alone.
+    expect_dead({"request": ict(next(n), clientNote="x" * (5 * 1024 * 1024))})
+    # Nested deeper than any IBKR body (the parser, the validators and the redaction recurse).
+    message_id, body = message({"request": ict(next(n), sourceAccountId="DEEP")})
+    dead[message_id] = body.replace(b'"DEEP"', b'{"a":' * 5000 + b'"U46377"' + b"}" * 5000)
     # Names a request, but IBKR would refuse it: FAILED with the field named, nothing sent.
     expect_failed(ict(next(n), amount="-10.00"), "instruction.amount")
     expect_failed(ict(next(n), amount="0"), "instruction.amount")
@@ -95,7 +126,7 @@ def bad_messages() -> tuple[dict[str, bytes], dict[str, tuple[int, str, bytes]],
     expect_failed(without(ict(next(n)), "currency"), "instruction.currency")
     expect_failed(ict(next(n), currency="DOLLARS"), "instruction.currency")
     expect_failed(ict(next(n), clientNote="Überweisung für März"), "instruction.clientNote")
-    expect_failed(ict(next(n), clientNote="x" * (5 * 1024 * 1024)), "instruction.clientNote")
+    expect_failed(ict(next(n), clientNote="x" * (1024 * 1024)), "instruction.clientNote")
     expect_failed(
         {"instructionType": "TELEPORT_CASH", "instruction": ict(next(n))["instruction"]},
         "instructionType",
@@ -120,6 +151,10 @@ def bad_messages() -> tuple[dict[str, bytes], dict[str, tuple[int, str, bytes]],
         b"[1, 2, 3]",
         b'{"queue_name": "ibkr.instructions", "actor_name": "submit_instru',
         b'{"hello": "world"}',
+        # Numbers whose decimal text would take gigabytes, and JSON's missing constants.
+        message({"request": ict(BAD_FIRST + 90)})[1].replace(b'"5.00"', b"1e-999999999"),
+        message({"request": ict(BAD_FIRST + 91)})[1].replace(b'"5.00"', b"1e999999999"),
+        message({"request": ict(BAD_FIRST + 92)})[1].replace(b'"5.00"', b"NaN"),
     ]
     return dead, failed, not_messages
 
@@ -138,13 +173,15 @@ def test_malformed_messages_are_set_aside_at_once_with_reasons_and_good_ones_go_
 
     good = [ict(GOOD_FIRST + i) for i in range(30)]
     bad_bodies = [*dead.values(), *(body for _, _, body in failed.values()), *not_messages]
-    # Interleave: bad messages must not hold up the good ones behind them.
+    # Interleave: bad messages must not hold up the good ones behind them. Every third good one
+    # carries every option a producer could set: ignored, it is processed like the others.
     mixed: list[bytes] = []
     for i in range(max(len(bad_bodies), len(good))):
         if i < len(bad_bodies):
             mixed.append(bad_bodies[i])
         if i < len(good):
-            mixed.append(message({"request": good[i]})[1])
+            options = STRAY_OPTIONS if i % 3 == 0 else None
+            mixed.append(message({"request": good[i]}, options=options)[1])
     started = time.monotonic()
     pipeline.publish_raw(mixed)
 

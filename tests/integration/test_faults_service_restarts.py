@@ -166,7 +166,10 @@ def postgresql_answers(url: str) -> bool:
 def postgresql_back_up() -> Iterator[None]:
     """Whatever happens in the test, the local PostgreSQL cluster is running again afterwards."""
     if os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
-        pytest.skip("restarting the PostgreSQL server needs root on a host with a local cluster")
+        message = "restarting the PostgreSQL server needs root on a host with a local cluster"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: every test must run)", pytrace=False)
+        pytest.skip(message)
     try:
         yield
     finally:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from worker import jsontext
 from worker.clock import Clock
 from worker.ibkr.signing import DEFAULT_ASSERTION_LIFETIME_S, client_assertion
-from worker.logging import get_logger, scrub_text
+from worker.logging import get_logger
+from worker.redaction import scrub_text
 
 log = get_logger(__name__)
 

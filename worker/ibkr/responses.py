@@ -19,7 +19,7 @@ from typing import Any
 
 from worker import jsontext
 from worker.ibkr import ids
-from worker.logging import scrub_text
+from worker.redaction import scrub_text
 
 _MAX_RAW_TEXT = 2000
 #: The longest wait a Retry-After may ask for; longer waits are cut to this, so that no answer
@@ -136,6 +136,13 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
+def _scrubbed(value: Any) -> str | None:
+    """IBKR's error text, as `_as_text`, with secrets and account numbers scrubbed: it reaches
+    events, the audit and logs."""
+    text = _as_text(value)
+    return scrub_text(text) if text else text
+
+
 def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     if not headers:
         return None
@@ -201,10 +208,10 @@ def parse_instruction_result(
     error = raw.get("error")
     if isinstance(error, Mapping):
         error_code = _as_text(error.get("errorCode") or error.get("code"))
-        error_message = _as_text(error.get("errorMessage") or error.get("message"))
+        error_message = _scrubbed(error.get("errorMessage") or error.get("message"))
     elif isinstance(error, str) and error:
-        error_message = error
-    description = _as_text(raw.get("description"))
+        error_message = scrub_text(error)
+    description = _scrubbed(raw.get("description"))
     code = _as_text(raw.get("code"))
     extra = {key: value for key, value in raw.items() if key not in _RESULT_KEYS}
     # The flat form (`code` + `description`) is an error only on rejected instructions; on a
@@ -235,7 +242,8 @@ def _invalid_arguments(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(items, list):
         for item in items:
             if isinstance(item, Mapping):
-                found.append((str(item.get("field", "")), str(item.get("description", "")).strip()))
+                description = scrub_text(str(item.get("description", "")).strip())
+                found.append((str(item.get("field", "")), description))
     return found
 
 
@@ -261,7 +269,7 @@ def _bulk_item(
         instruction_id=None,
         ib_reference_id=None,
         error_code=_as_text(item.get("type")),
-        error_message=_as_text(item.get("detail") or item.get("title")),
+        error_message=_scrubbed(item.get("detail") or item.get("title")),
         description=None,
         extra={key: value for key, value in item.items() if key != "status"},
         item_http_status=item_status,

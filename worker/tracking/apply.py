@@ -17,7 +17,7 @@ from models.unsaved import new_unsaved
 from worker import jsontext
 from worker.ibkr.calendar import downtime_end
 from worker.ibkr.responses import ApiResult
-from worker.logging import mask_bank_details
+from worker.redaction import mask_bank_details
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import (

@@ -1,17 +1,118 @@
-"""Messages that could not be processed: kept with their raw body and the reason, for replay."""
+"""Messages that could not be processed: their original bytes (for replay only), a view of
+them for people, and the reason.
+
+The view (`dead-letters list`, later the console) is the message as received with bank, broker
+and tax account numbers masked (and secrets removed), truncated past 64 KiB, invalid UTF-8 and
+NUL replaced; flags say which of these made it differ from the original. The original bytes
+are kept apart (`DeadLetterOriginal`) and read only by replay, which sends them unchanged.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter
-from worker.logging import get_logger, scrub_text
+from models import DeadLetter, DeadLetterOriginal, MessageFailure
+from worker import jsontext
+from worker.inbound.arrival import Refused, parse_json
+from worker.logging import get_logger
+from worker.redaction import mask_bank_details, scrub_text
 
 log = get_logger(__name__)
+#: Longest view kept and shown, in bytes of UTF-8 (the contract's 64 KiB).
 MAX_BODY_BYTES = 64 * 1024
+MAX_REASON_CHARS = 4000
+REPLACEMENT = "\ufffd"
+_SCRUB_MARGIN_BYTES = 256
+
+
+@dataclass(frozen=True)
+class BodyView:
+    """What people may see of a message: `text`, and why it is not the original."""
+
+    text: str
+    masked: bool
+    truncated: bool
+    replaced: bool
+
+    @property
+    def is_original(self) -> bool:
+        return not (self.masked or self.truncated or self.replaced)
+
+    @property
+    def changes(self) -> list[str]:
+        """`masked`, `truncated`, `replaced` (invalid UTF-8 or NUL), those that apply."""
+        flags = {"masked": self.masked, "truncated": self.truncated, "replaced": self.replaced}
+        return [name for name, applies in flags.items() if applies]
+
+
+def body_view(raw: bytes, *, complete: bool = True) -> BodyView:
+    """The view of a message's bytes `raw` (`complete`: all of it, else only its beginning).
+
+    JSON within the edge's limits is masked field by field (and rewritten when anything was
+    masked); anything else is scrubbed as text. Then NUL is replaced (PostgreSQL text cannot
+    hold it) and the text cut at 64 KiB of UTF-8.
+    """
+    masked = replaced = False
+    text: str | None = None
+    if complete:
+        try:
+            data = parse_json(raw)
+        except Refused:
+            pass
+        else:
+            shown = mask_bank_details(data)
+            if shown != data:
+                text, masked = jsontext.dumps(shown), True
+            else:
+                text = raw.decode("utf-8")
+    if text is None:
+        # Only what is shown is scrubbed (a margin past the cut masks a number it splits):
+        # scrubbing megabytes of text costs seconds.
+        decoded, replaced = _decoded(raw[: MAX_BODY_BYTES + _SCRUB_MARGIN_BYTES], complete=False)
+        if len(raw) <= MAX_BODY_BYTES + _SCRUB_MARGIN_BYTES:
+            decoded, replaced = _decoded(raw, complete=complete)
+        elif not replaced:
+            replaced = _has_invalid_utf8(raw)
+        text = scrub_text(decoded)
+        masked = text != decoded
+    if "\x00" in text:
+        text, replaced = text.replace("\x00", REPLACEMENT), True
+    encoded = text.encode("utf-8")
+    truncated = not complete or len(encoded) > MAX_BODY_BYTES
+    if len(encoded) > MAX_BODY_BYTES:
+        text = encoded[:MAX_BODY_BYTES].decode("utf-8", "ignore")
+    return BodyView(text, masked, truncated, replaced)
+
+
+def _decoded(raw: bytes, *, complete: bool) -> tuple[str, bool]:
+    """(text, whether invalid UTF-8 was replaced); the last character of a beginning may be
+    cut in the middle, which is no replacement."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError as error:
+        if not complete and error.end == len(raw) and error.reason == "unexpected end of data":
+            head, replaced = _decoded(raw[: error.start], complete=True)
+            return head, replaced
+        return raw.decode("utf-8", "replace"), True
+
+
+def _has_invalid_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def failure_key(message_id: str | None, raw: bytes) -> str:
+    """The key of a message in `MessageFailure`: its message id, or the digest of its bytes."""
+    return message_id if message_id else "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def record_dead_letter(
@@ -22,30 +123,36 @@ def record_dead_letter(
     now: datetime,
     message_id: str | None = None,
     queue_name: str | None = None,
+    received_bytes: int | None = None,
 ) -> int:
-    """Store (or count again, by message id) a message that cannot be processed; returns its id.
+    """Store (or count again) a message that cannot be processed; returns its id.
 
-    The body is kept up to 64 KiB; longer bodies are truncated and flagged (and cannot be
-    replayed from here).
+    `body` is the message as received (a str is encoded as UTF-8), or only its beginning when
+    `received_bytes` (its whole size) is larger: then the original is not kept and the letter
+    cannot be replayed. The same message seen again (same message id, or none, and the same
+    bytes) is counted on its letter.
     """
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogateescape")
-    truncated = len(raw) > MAX_BODY_BYTES
-    # PostgreSQL text cannot hold NUL: a body carrying one would fail to be recorded on every
-    # attempt and block the drain behind it. Undecodable bytes are replaced the same way.
-    text = raw[:MAX_BODY_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
-    reason = scrub_text(reason)[:4000].replace("\x00", "\ufffd")
+    size = received_bytes if received_bytes is not None else len(raw)
+    complete = size == len(raw)
+    view = body_view(raw, complete=complete)
+    digest = hashlib.sha256(raw).hexdigest()
+    message_id = message_id or None
+    reason = scrub_text(reason)[:MAX_REASON_CHARS].replace("\x00", REPLACEMENT)
     with session_factory.begin() as session:
-        # The same message seen again (a replay that failed again, a redelivery) is counted on
-        # its letter: by message id, or by its very body when it has none (undecodable).
-        same = (
-            DeadLetter.message_id == message_id
-            if message_id is not None
-            else DeadLetter.message_id.is_(None) & (DeadLetter.body == text)
-        )
         existing = session.execute(
-            select(DeadLetter).where(same).order_by(DeadLetter.id.desc()).limit(1)
+            select(DeadLetter)
+            .where(
+                DeadLetter.message_id == message_id
+                if message_id is not None
+                else DeadLetter.message_id.is_(None),
+                DeadLetter.body_sha256 == digest,
+                DeadLetter.body_size == size,
+            )
+            .order_by(DeadLetter.id.desc())
+            .limit(1)
         ).scalar_one_or_none()
-        if existing is not None and existing.body == text:
+        if existing is not None:
             existing.seen_count += 1
             existing.last_seen_at = now
             existing.reason = reason
@@ -54,9 +161,13 @@ def record_dead_letter(
             letter = DeadLetter(
                 message_id=message_id,
                 queue_name=queue_name,
-                body=text,
-                body_size=len(raw),
-                truncated=truncated,
+                body=view.text,
+                body_size=size,
+                truncated=view.truncated,
+                body_masked=view.masked,
+                body_replaced=view.replaced,
+                original_kept=complete,
+                body_sha256=digest,
                 reason=reason,
                 first_seen_at=now,
                 last_seen_at=now,
@@ -66,19 +177,30 @@ def record_dead_letter(
             session.add(letter)
             session.flush()
             letter_id = letter.id
+            if complete:
+                session.add(DeadLetterOriginal(dead_letter_id=letter_id, body=raw))
     log.warning(
         "message set aside as a dead letter",
         dead_letter_id=letter_id,
         message_id=message_id,
         reason=reason,
-        body_bytes=len(raw),
+        body_bytes=size,
     )
     return letter_id
 
 
-def letters_to_replay(session: Session, ids: list[int]) -> list[DeadLetter]:
-    """The dead letters named by `ids`, in that order; raises LookupError for unknown ids and
-    ValueError for truncated bodies (which cannot be replayed faithfully)."""
+@dataclass(frozen=True)
+class Replay:
+    """A dead letter to replay: its id, message id and original bytes."""
+
+    letter: DeadLetter
+    original: bytes
+
+
+def letters_to_replay(session: Session, ids: Sequence[int]) -> list[Replay]:
+    """The dead letters named by `ids`, in that order, with their original bytes; raises
+    LookupError for unknown ids and ValueError for letters whose bytes were not kept (the
+    message was larger than MAX_MESSAGE_BYTES)."""
     letters = {
         letter.id: letter
         for letter in session.execute(select(DeadLetter).where(DeadLetter.id.in_(ids))).scalars()
@@ -86,10 +208,28 @@ def letters_to_replay(session: Session, ids: list[int]) -> list[DeadLetter]:
     missing = [str(i) for i in ids if i not in letters]
     if missing:
         raise LookupError(f"no dead letter with id {', '.join(missing)}")
-    truncated = [str(i) for i in ids if letters[i].truncated]
-    if truncated:
+    originals: dict[int, bytes] = {
+        row.dead_letter_id: row.body
+        for row in session.execute(
+            select(DeadLetterOriginal).where(DeadLetterOriginal.dead_letter_id.in_(ids))
+        ).scalars()
+    }
+    not_kept = [str(i) for i in ids if i not in originals]
+    if not_kept:
         raise ValueError(
-            f"dead letter {', '.join(truncated)} was truncated at 64 KiB and cannot be replayed; "
-            "ask the producer to publish it again"
+            f"dead letter {', '.join(not_kept)} was not kept whole (larger than "
+            "MAX_MESSAGE_BYTES when it arrived) and cannot be replayed; ask the producer to "
+            "publish it again"
         )
-    return [letters[i] for i in ids]
+    return [Replay(letters[i], bytes(originals[i])) for i in ids]
+
+
+def mark_replayed(session: Session, replays: Sequence[Replay], now: datetime) -> None:
+    """Count the replay on each letter and reset the failure count of its message (a replayed
+    message starts with all its retries)."""
+    keys = {failure_key(r.letter.message_id, r.original) for r in replays}
+    keys |= {failure_key(None, r.original) for r in replays}
+    session.execute(delete(MessageFailure).where(MessageFailure.key.in_(keys)))
+    for replay in replays:
+        replay.letter.replay_count += 1
+        replay.letter.replayed_at = now

@@ -18,7 +18,7 @@ from models.batched import insert_many
 from models.unsaved import table_of, unsaved_values
 from models.views import FINAL_STATUSES, iso_utc, tracked_state
 from worker import jsontext
-from worker.logging import mask_bank_details
+from worker.redaction import mask_bank_details, scrub_text
 
 ACTOR_WORKER = "worker"
 ACTOR_SCHEDULER = "scheduler"
@@ -70,7 +70,7 @@ def append_audit(
                 "correlation_id": row.correlation_id,
                 "from_status": from_status,
                 "to_status": to_status,
-                "reason": reason,
+                "reason": scrub_text(reason),
                 "actor": actor,
                 "api_method": api.method if api else None,
                 "api_path": api.path if api else None,

@@ -352,3 +352,41 @@ def test_a_bulk_request_whose_answer_was_lost_is_resent_whole_once_its_horizon_p
     with ctx.session_factory() as session:
         rows = session.execute(select(ClientInstruction)).scalars().all()
     assert {(r.status, r.attempt_count) for r in rows} == {("PENDING", 2)}
+
+
+def test_a_bulk_member_found_late_is_looked_up_not_left_submitting(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    """A bulk POST whose answer was lost: the first member is found (the POST registered), the
+    second is not visible yet. The second is looked up again until found, never resent and never
+    left SUBMITTING. Guard: `resolve_submission` looking up the members still SUBMITTING once
+    some are registered (let it call `send` instead and the second member stays SUBMITTING
+    for good, re-claimed every lease)."""
+    cids = (1_200_001, 1_200_002)
+    ibkr = ScriptedIbkr(
+        posts=[LOST],
+        lookups=[
+            answer(200, envelope(200, 88, cids[0], "PENDING", 801), "GET"),
+            NOT_FOUND,
+            answer(200, envelope(200, 88, cids[1], "PENDING", 802), "GET"),
+        ],
+    )
+    ctx = make_context(sqlite_url, ibkr, clock)
+    request = {
+        "instructionType": "INTERNAL_CASH_TRANSFER",
+        "instructions": [transfer(cid)["instruction"] for cid in cids],
+    }
+    received = receive(ctx, request=request, correlation_id=None, message_id="m-bulk-2")
+    assert received.submission_id is not None
+    send(ctx, received.submission_id)
+    for _ in range(20):
+        clock.advance(30)
+        run_round(ctx)
+    with ctx.session_factory() as session:
+        rows = (
+            session.execute(select(ClientInstruction).order_by(ClientInstruction.position))
+            .scalars()
+            .all()
+        )
+    assert [(r.status, r.instruction_id) for r in rows] == [("PENDING", 801), ("PENDING", 802)]
+    assert ibkr.count("POST") == 1

@@ -244,7 +244,11 @@ def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
             if held is None:
                 return
             now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
-            deciding = held.position == 0 or held.submission_id is None
+            # The first member's lookups decide what became of a bulk POST, unless another
+            # member already shows it registered (then a 404 is only a view lagging behind).
+            deciding = (
+                held.position == 0 or held.submission_id is None
+            ) and not _sibling_registered(session, held)
             decision = after_lookup(
                 tracked_of(held, with_content=True),
                 result,
@@ -279,6 +283,23 @@ def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
         record(ctx, answer)
 
 
+def _sibling_registered(session: Session, row: ClientInstruction) -> bool:
+    """Another member of the row's submission already has a status from IBKR (so the POST
+    registered: IBKR registers a bulk request's members all or none)."""
+    if row.submission_id is None:
+        return False
+    other = session.execute(
+        select(ClientInstruction.id)
+        .where(
+            ClientInstruction.submission_id == row.submission_id,
+            ClientInstruction.id != row.id,
+            ClientInstruction.status.not_in(("RECEIVED", "SUBMITTING", "FAILED")),
+        )
+        .limit(1)
+    ).first()
+    return other is not None
+
+
 def resolve_submission(ctx: TrackingContext, submission_id: int, claimed_at: datetime) -> None:
     """Find out what became of a POST whose answer we never recorded (a lost answer, a 5xx, a
     crash), or send the next attempt of one that IBKR refused outright.
@@ -304,9 +325,11 @@ def resolve_submission(ctx: TrackingContext, submission_id: int, claimed_at: dat
     ours = [m for m in members if m.status == "SUBMITTING" and m.lease_owner == ctx.owner]
     if not ours:
         return
-    if not open_attempt:
+    if not open_attempt and all(m.status in ("RECEIVED", "SUBMITTING") for m in members):
         send(ctx, submission_id)
         return
+    # In flight, or registered (some members already have IBKR's status): each one still
+    # SUBMITTING is looked up.
     for member in ours:
         poll_one(ctx, member.id, claimed_at)
 

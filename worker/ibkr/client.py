@@ -52,8 +52,12 @@ log = get_logger(__name__)
 
 DEFAULT_THROTTLE_RETRIES = 3
 #: Requests a client has on the wire at once (connections in its pool, plus one kept for the
-#: token request). 16 cover IBKR's 10 requests/s up to 1.6 s an answer.
-DEFAULT_REQUEST_CONNECTIONS = 16
+#: token request). A worker thread takes one before it commits SUBMITTING, so these also bound
+#: the requests a process receives at once: 32 cover IBKR's 10 requests/s up to 3.2 s an
+#: answer, and let a worker process's shared transactions carry about 25 steps (16: about 15,
+#: and 3 processes at 16 did a quarter less on the benchmark's 2 cores). httpcore opens them
+#: only as they are needed.
+DEFAULT_REQUEST_CONNECTIONS = 32
 #: The text of IBKR's gateway refusal of a signed body (reference §3.1).
 SIGNED_JWT_POLICY_REFUSAL = "Invalid payload for security policy: SIGNED_JWT"
 _USER_AGENT = "ibkr-worker"

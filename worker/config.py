@@ -224,10 +224,10 @@ def load_settings(
             margin = float(margin_raw)
         except ValueError:
             raise ConfigError(f"IBKR_RATE_LIMIT_MARGIN_S={margin_raw!r} is not a number") from None
-        if not 0 <= margin < 1:
+        if not 0.01 <= margin < 1:
             raise ConfigError(
-                f"IBKR_RATE_LIMIT_MARGIN_S={margin_raw!r} must be at least 0 and below 1 second "
-                "(it widens IBKR's one-second window)"
+                f"IBKR_RATE_LIMIT_MARGIN_S={margin_raw!r} must be at least 0.01 and below 1 "
+                "second (it widens IBKR's one-second window for the delays on the way)"
             )
     timeout_s, lease_s = http_timeout or 30.0, lease or 90.0
     if lease_s <= 2 * timeout_s:

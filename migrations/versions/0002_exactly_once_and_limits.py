@@ -34,12 +34,13 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # so two never deadlock), `p_limits`/`p_windows` theirs, `p_calls` for each call `p_width`
 # 1-based indexes into `p_buckets` (0: none). Each call gets the earliest time >= p_now (NULL:
 # the server's clock) that is not before the latest grant of its rings and at least each ring's
-# window after the grant it replaces there (the limit-th latest). plpgsql is a trusted language:
-# an ordinary database owner may create this function.
+# window after the grant it replaces there (the limit-th latest); a call whose slot would come
+# after `p_latest[i]` (NULL: no bound) is refused, nothing recorded, and its entry is that time
+# negated. plpgsql is a trusted language: an ordinary database owner may create this function.
 RATE_LIMIT_GRANT_FUNCTION = """
 CREATE FUNCTION rate_limit_grant(
     p_buckets text[], p_limits int[], p_windows float8[], p_calls int[], p_width int,
-    p_now float8
+    p_now float8, p_latest float8[]
 ) RETURNS float8[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -78,6 +79,10 @@ BEGIN
                 t := greatest(t, replaced + p_windows[b]);
             END IF;
         END LOOP;
+        IF p_latest[i + 1] IS NOT NULL AND t > p_latest[i + 1] THEN
+            grants := grants || (-t);
+            CONTINUE;
+        END IF;
         FOR j IN 1 .. p_width LOOP
             b := p_calls[i * p_width + j];
             CONTINUE WHEN b = 0;
@@ -154,7 +159,8 @@ def downgrade() -> None:
     """Back to 0001 (the rate-limit ledger starts empty; message fingerprints are dropped)."""
     if op.get_context().dialect.name == "postgresql":
         op.execute(
-            "DROP FUNCTION IF EXISTS rate_limit_grant(text[], int[], float8[], int[], int, float8)"
+            "DROP FUNCTION IF EXISTS "
+            "rate_limit_grant(text[], int[], float8[], int[], int, float8, float8[])"
         )
     op.create_table(
         "rate_limit_slots",

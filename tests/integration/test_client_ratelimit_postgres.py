@@ -83,6 +83,7 @@ calls = st.lists(
         st.floats(min_value=0, max_value=2.0),
         st.sampled_from(["GET /a", "POST /b", "POST /c"]),
         st.integers(min_value=1, max_value=6),
+        st.one_of(st.none(), st.floats(min_value=0, max_value=3.0)),
     ),
     min_size=1,
     max_size=40,
@@ -94,23 +95,24 @@ calls = st.lists(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_the_database_function_grants_what_the_python_rule_grants(
-    pg_database_factory, schedule: list[tuple[float, str, int]], per_minute: int
+    pg_database_factory, schedule: list[tuple[float, str, int, float | None]], per_minute: int
 ) -> None:  # type: ignore[no-untyped-def]
     """`rate_limit_grant` (migration 0002) and `ratelimit.grant_batch` are one rule: for the same
-    calls they grant the same times."""
+    calls (some with a deadline they may refuse) they grant, and refuse, the same."""
     from worker.migrate import upgrade_to_head
 
     url = pg_database_factory()
     upgrade_to_head(url)
     in_database, in_memory = SqlLedger(SqlLedger.own_engine(url)), MemoryLedger()
     now = T0
-    for gap, endpoint, count in schedule:
+    for gap, endpoint, count, patience in schedule:
         now += gap
         limits = [
             WindowLimit(endpoint_bucket("c", endpoint, 3, 1.05), 3, 1.05),
             WindowLimit(client_bucket("c", per_minute, 60.05), per_minute, 60.05),
         ]
         batch = [limits] * count
-        assert in_database.reserve_batch(batch, now) == pytest.approx(
-            in_memory.reserve_batch(batch, now)
+        latest = [None if patience is None else now + patience] * count
+        assert in_database.reserve_batch(batch, now, latest) == pytest.approx(
+            in_memory.reserve_batch(batch, now, latest)
         )

@@ -3,7 +3,11 @@ beside two worker processes and a scheduler (started as the Procfile starts them
 limits at IBKR's 10 per second per endpoint and 600 per minute). The sandbox stamps every
 request on receipt, token requests included; over more than a minute and more than 700
 requests no endpoint sees 11 in any second, the client never 601 in any minute, and IBKR never
-has to answer 429."""
+has to answer 429.
+
+What keeps it: the shared rings (a limiter per process lets two workers send twice the rate) and
+the margin each window is widened by (set IBKR_RATE_LIMIT_MARGIN_S to 0.002 in IBKR_LIMITS and
+this fails: arrivals on a busy machine bunch)."""
 
 from __future__ import annotations
 

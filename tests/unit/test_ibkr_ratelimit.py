@@ -24,8 +24,10 @@ from worker.ibkr.ratelimit import (
     SqlLedger,
     WindowLimit,
     client_bucket,
+    earliest,
     endpoint_bucket,
     grant_batch,
+    refused,
 )
 
 T0 = 1_800_000_000.0
@@ -271,11 +273,11 @@ def test_the_reserver_batches_the_threads_waiting_at_once() -> None:
     batches: list[int] = []
 
     class SlowLedger:
-        def reserve_batch(self, batch, now):  # type: ignore[no-untyped-def]
+        def reserve_batch(self, batch, now, latest=None):  # type: ignore[no-untyped-def]
             entered.set()
             gate.wait(5)
             batches.append(len(batch))
-            return ledger.reserve_batch(batch, now)
+            return ledger.reserve_batch(batch, now, latest)
 
     reserver = SlotReserver(SlowLedger(), lambda: T0)
     granted: list[float] = []
@@ -303,7 +305,7 @@ def test_the_reserver_batches_the_threads_waiting_at_once() -> None:
 
 def test_a_failing_ledger_fails_every_caller_of_its_batch() -> None:
     class BrokenLedger:
-        def reserve_batch(self, batch, now):  # type: ignore[no-untyped-def]
+        def reserve_batch(self, batch, now, latest=None):  # type: ignore[no-untyped-def]
             raise ConnectionError("database away")
 
     reserver = SlotReserver(BrokenLedger(), lambda: T0)
@@ -318,9 +320,10 @@ def test_the_limiter_reserves_and_waits_on_the_shared_clock() -> None:
     slots = []
     for _ in range(25):
         slot = limiter.reserve("c", "POST /x")
-        limiter.wait_until(slot)
-        assert limiter.late_s(slot) == pytest.approx(0.0, abs=1e-9)
-        slots.append(slot)
+        assert slot.granted
+        limiter.wait_until(slot.at)
+        assert limiter.late_s(slot.at) == pytest.approx(0.0, abs=1e-9)
+        slots.append(slot.at)
     limiter.close()
     assert slots[:10] == [T0] * 10
     assert slots[10:20] == [pytest.approx(T0 + 1.05)] * 10
@@ -332,7 +335,7 @@ def test_zero_limits_grant_now_without_the_ledger() -> None:
     ledger = MemoryLedger()
     limiter = RateLimiter(ledger, 0, 0, MARGIN, StillClock())
     assert not limiter.enabled
-    assert [limiter.reserve("c", "GET /a") for _ in range(50)] == [T0] * 50
+    assert [limiter.reserve("c", "GET /a").at for _ in range(50)] == [T0] * 50
     assert ledger.reservations == 0
 
 
@@ -341,3 +344,41 @@ def test_buckets_name_their_limit_so_differently_configured_processes_never_shar
     fifty = RateLimiter(MemoryLedger(), 50, 600, 0.15, StillClock()).limits("c", "POST /x")
     assert ten[0].bucket != fifty[0].bucket
     assert ten[1].bucket == fifty[1].bucket
+
+
+@given(
+    schedule=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=0.5), st.floats(min_value=0, max_value=3.0)),
+        min_size=1,
+        max_size=80,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_a_call_refused_for_its_deadline_takes_nothing_from_the_others(
+    schedule: list[tuple[float, float]],
+) -> None:
+    """A slot past a call's deadline is refused and not recorded: the calls that take slots get
+    exactly what they would have got had the refused ones never asked. Guard: the refusal in
+    `grant_batch` (record refused slots too and later calls come later, past this)."""
+    limit = [WindowLimit("e", 2, 1.0)]
+    with_refusals, only_granted = MemoryLedger(), MemoryLedger()
+    now = T0
+    for gap, patience in schedule:
+        now += gap
+        [grant] = with_refusals.reserve_batch([limit], now, [now + patience])
+        if refused(grant):
+            assert earliest(grant) > now + patience
+            continue
+        [alone] = only_granted.reserve_batch([limit], now)
+        assert grant == pytest.approx(alone)
+        assert grant <= now + patience
+
+
+def test_a_slot_after_the_deadline_comes_back_with_its_time_and_untaken() -> None:
+    clock = StillClock()
+    limiter = RateLimiter(MemoryLedger(), 1, 0, 0.0, clock)
+    assert limiter.reserve("c", "POST /x", latest=T0 + 0.5).granted
+    too_late = limiter.reserve("c", "POST /x", latest=T0 + 0.5)
+    assert not too_late.granted and too_late.at == pytest.approx(T0 + 1.0)
+    # Nothing was taken: the next call with time to wait gets that very slot.
+    assert limiter.reserve("c", "POST /x", latest=T0 + 2).at == pytest.approx(T0 + 1.0)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -140,7 +140,20 @@ class SendBudget:
 
 
 class _NoSlot(Exception):
-    """No rate-limit slot (or token) could be had before the request's deadline."""
+    """No rate-limit slot (or token) could be had before the request's deadline;
+    `retry_after_s`: how long until the earliest slot there would have been (when known)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class _SlotTooLate(DepartureRefused):
+    """The earliest rate-limit slot comes after the request's deadline (none was taken)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class IbkrClient:
@@ -399,7 +412,7 @@ class IbkrClient:
                 Outcome.NOT_SENT if post else Outcome.TRANSIENT,
                 f"{error}; nothing was sent",
             )
-            return result, token
+            return replace(result, retry_after_s=error.retry_after_s), token
         except _NOT_SENT as error:
             result = no_response(
                 endpoint.method,
@@ -450,19 +463,23 @@ class IbkrClient:
 
         def depart() -> None:
             while True:
-                if self._clock.monotonic() >= budget.send_by_mono:
+                now_mono = self._clock.monotonic()
+                if now_mono >= budget.send_by_mono:
                     raise DepartureRefused("the request could not leave before its deadline")
+                # The last moment the request may still leave, on the shared clock: a slot after
+                # it is not taken at all (it would hold back every later request).
+                latest = self._clock.now().timestamp() + (budget.send_by_mono - now_mono)
                 try:
-                    slot = limiter.reserve(self.client_id, endpoint_key)
+                    slot = limiter.reserve(self.client_id, endpoint_key, latest)
                 except Exception as error:  # noqa: BLE001 - the shared ledger is away
                     raise DepartureRefused(f"no rate-limit slot ({type(error).__name__})") from None
-                wait_s = slot - self._clock.now().timestamp()
-                if self._clock.monotonic() + wait_s >= budget.send_by_mono:
-                    raise DepartureRefused(
-                        "the next rate-limit slot comes after the request's deadline"
+                if not slot.granted:
+                    raise _SlotTooLate(
+                        "the next rate-limit slot comes after the request's deadline",
+                        max(slot.at - self._clock.now().timestamp(), 0.0),
                     )
-                limiter.wait_until(slot)
-                late_s = limiter.late_s(slot)
+                limiter.wait_until(slot.at)
+                late_s = limiter.late_s(slot.at)
                 if late_s <= limiter.tolerance_s:
                     return
                 self.late_departures += 1
@@ -479,6 +496,8 @@ class IbkrClient:
             else:
                 depart()
                 response = send()
+        except _SlotTooLate as too_late:
+            raise _NoSlot(str(too_late), too_late.retry_after_s) from None
         except DepartureRefused as refused:
             raise _NoSlot(str(refused)) from None
         return response

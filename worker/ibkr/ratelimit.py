@@ -64,13 +64,20 @@ def positions_needed(limit: int, granted: int, count: int) -> list[int]:
 
 
 def grant_batch(
-    now: float, batch: Sequence[Sequence[WindowLimit]], states: dict[str, BucketState]
+    now: float,
+    batch: Sequence[Sequence[WindowLimit]],
+    states: dict[str, BucketState],
+    latest: Sequence[float | None] | None = None,
 ) -> list[float]:
     """Grant one slot per entry of `batch` (each the limits its call must fit), in order, and
     update `states` (pure: no I/O). `states` holds every bucket of the batch with the ring
-    positions `positions_needed` names; a position without an entry holds no grant yet."""
+    positions `positions_needed` names; a position without an entry holds no grant yet.
+
+    `latest[i]`: the last time call i can use its slot (None: any). A call whose earliest slot
+    comes later is refused: nothing is recorded for it (a slot nobody will use would hold back
+    every later call), and its entry is the earliest time, negated (`refused`, `earliest`)."""
     grants: list[float] = []
-    for limits in batch:
+    for index, limits in enumerate(batch):
         t = now
         for limit in limits:
             state = states[limit.bucket]
@@ -78,6 +85,10 @@ def grant_batch(
             replaced = state.ring.get(state.granted % limit.limit)
             if replaced is not None:
                 t = max(t, replaced + limit.window_s)
+        last = latest[index] if latest is not None else None
+        if last is not None and t > last:
+            grants.append(-t)
+            continue
         for limit in limits:
             state = states[limit.bucket]
             state.ring[state.granted % limit.limit] = t
@@ -85,6 +96,16 @@ def grant_batch(
             state.last_at = t
         grants.append(t)
     return grants
+
+
+def refused(grant: float) -> bool:
+    """Whether a ledger's entry is a refusal (see `grant_batch`): slot times are positive."""
+    return grant < 0
+
+
+def earliest(grant: float) -> float:
+    """The slot time of a grant, or the earliest slot a refused call could have had."""
+    return -grant if grant < 0 else grant
 
 
 #: The time no grant may precede: a value, or a function read as late as possible (once the
@@ -100,8 +121,14 @@ def _read(now: Now) -> float:
 class SlotLedger(Protocol):
     """Where the rings live; `reserve_batch` must be atomic across all its users."""
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
-        """Grant one slot per entry of `batch` (all of one client), in order."""
+    def reserve_batch(
+        self,
+        batch: Sequence[Sequence[WindowLimit]],
+        now: Now,
+        latest: Sequence[float | None] | None = None,
+    ) -> list[float]:
+        """Grant one slot per entry of `batch` (all of one client), in order; refusals as in
+        `grant_batch`."""
 
 
 class MemoryLedger:
@@ -112,12 +139,17 @@ class MemoryLedger:
         self._states: dict[str, BucketState] = {}
         self.reservations = 0
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
+    def reserve_batch(
+        self,
+        batch: Sequence[Sequence[WindowLimit]],
+        now: Now,
+        latest: Sequence[float | None] | None = None,
+    ) -> list[float]:
         with self._lock:
             for limits in batch:
                 for limit in limits:
                     self._states.setdefault(limit.bucket, BucketState())
-            grants = grant_batch(_read(now), batch, self._states)
+            grants = grant_batch(_read(now), batch, self._states, latest)
             self.reservations += len(batch)
             return grants
 
@@ -164,7 +196,12 @@ class SqlLedger:
 
         return engine
 
-    def reserve_batch(self, batch: Sequence[Sequence[WindowLimit]], now: Now) -> list[float]:
+    def reserve_batch(
+        self,
+        batch: Sequence[Sequence[WindowLimit]],
+        now: Now,
+        latest: Sequence[float | None] | None = None,
+    ) -> list[float]:
         limits_by_bucket: dict[str, WindowLimit] = {}
         counts: dict[str, int] = defaultdict(int)
         for limits in batch:
@@ -173,7 +210,7 @@ class SqlLedger:
                 counts[limit.bucket] += 1
         names = sorted(limits_by_bucket)
         if self._postgres:
-            return self._reserve_postgresql(batch, names, limits_by_bucket, now)
+            return self._reserve_postgresql(batch, names, limits_by_bucket, now, latest)
         with self._engine.begin() as connection:
             unknown = [name for name in names if name not in self._known_buckets]
             if unknown:
@@ -184,12 +221,14 @@ class SqlLedger:
                 )
             states = self._read_portable(connection, names, limits_by_bucket, counts)
             before = {name: state.granted for name, state in states.items()}
-            grants = grant_batch(_read(now), batch, states)
+            grants = grant_batch(_read(now), batch, states, latest)
             written = [
                 (name, position, states[name].ring[position])
                 for name in names
                 for position in positions_needed(
-                    limits_by_bucket[name].limit, before[name], counts[name]
+                    limits_by_bucket[name].limit,
+                    before[name],
+                    states[name].granted - before[name],
                 )
             ]
             self._write_portable(connection, written, [(name, states[name]) for name in names])
@@ -202,7 +241,7 @@ class SqlLedger:
 
     _GRANT = (
         "SELECT rate_limit_grant(%(buckets)s::text[], %(limits)s::int[], %(windows)s::float8[],"
-        " %(calls)s::int[], %(width)s, %(now)s)"
+        " %(calls)s::int[], %(width)s, %(now)s, %(latest)s::float8[])"
     )
 
     def _reserve_postgresql(
@@ -211,6 +250,7 @@ class SqlLedger:
         names: list[str],
         limits_by_bucket: dict[str, WindowLimit],
         now: Now,
+        latest: Sequence[float | None] | None,
     ) -> list[float]:
         index = {name: position + 1 for position, name in enumerate(names)}
         width = max((len(limits) for limits in batch), default=1) or 1
@@ -225,6 +265,7 @@ class SqlLedger:
             "calls": calls,
             "width": width,
             "now": _read(now),
+            "latest": list(latest) if latest is not None else [None] * len(batch),
         }
         with self._engine.connect() as connection:
             grants = connection.exec_driver_sql(self._GRANT, parameters).scalar_one()
@@ -298,10 +339,11 @@ def client_bucket(client_id: str, limit: int, window_s: float) -> str:
 class _Pending:
     """One reservation handed to the reserver thread; the caller waits on `_latch`."""
 
-    __slots__ = ("_latch", "error", "limits", "result")
+    __slots__ = ("_latch", "error", "latest", "limits", "result")
 
-    def __init__(self, limits: Sequence[WindowLimit]) -> None:
+    def __init__(self, limits: Sequence[WindowLimit], latest: float | None) -> None:
         self.limits = limits
+        self.latest = latest
         self.result: float | None = None
         self.error: BaseException | None = None
         self._latch = threading.Lock()
@@ -332,8 +374,11 @@ class SlotReserver:
         self._stopped = False
         self.batches = 0
 
-    def reserve(self, lock_key: str, limits: Sequence[WindowLimit]) -> float:
-        """The slot time granted for one call that must fit `limits` (`lock_key`: the client)."""
+    def reserve(
+        self, lock_key: str, limits: Sequence[WindowLimit], latest: float | None = None
+    ) -> float:
+        """The slot time granted for one call that must fit `limits` (`lock_key`: the client),
+        or a refusal (`refused`) when no slot comes by `latest`."""
         if self._stopped:
             raise RuntimeError("the rate limiter is stopped; no more slots are granted")
         if self._thread is None:
@@ -343,7 +388,7 @@ class SlotReserver:
                         target=self._run, name="rate-limit-reserver", daemon=True
                     )
                     self._thread.start()
-        pending = _Pending(limits)
+        pending = _Pending(limits, latest)
         self._queue.put((lock_key, pending))
         return pending.wait()
 
@@ -378,7 +423,9 @@ class SlotReserver:
         for group in by_key.values():
             try:
                 grants = self._ledger.reserve_batch(
-                    [pending.limits for pending in group], self._now
+                    [pending.limits for pending in group],
+                    self._now,
+                    [pending.latest for pending in group],
                 )
             except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
                 for pending in group:
@@ -389,6 +436,15 @@ class SlotReserver:
             for pending, grant in zip(group, grants, strict=True):
                 pending.result = grant
                 pending.done()
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A reservation: `at` is the slot's time (epoch seconds, shared clock); when `granted` is
+    False no slot was taken and `at` is the earliest one there would have been."""
+
+    at: float
+    granted: bool
 
 
 class RateLimiter:
@@ -444,12 +500,15 @@ class RateLimiter:
             )
         return limits
 
-    def reserve(self, client_id: str, endpoint_key: str) -> float:
-        """Reserve the earliest slot for one call (not waiting for it); returns its time."""
+    def reserve(self, client_id: str, endpoint_key: str, latest: float | None = None) -> Slot:
+        """Reserve the earliest slot for one call (not waiting for it). `latest`: the last time
+        (shared clock, epoch seconds) the call can use; a later slot is not taken at all (a slot
+        nobody uses would hold back every later call) and comes back with `granted` False."""
         limits = self.limits(client_id, endpoint_key)
         if not limits:
-            return self._clock.now().timestamp()
-        return self._reserver.reserve(client_id, limits)
+            return Slot(self._clock.now().timestamp(), True)
+        grant = self._reserver.reserve(client_id, limits, latest)
+        return Slot(earliest(grant), not refused(grant))
 
     def wait_until(self, slot: float) -> None:
         """Sleep until the slot's time (on the shared clock)."""

@@ -15,6 +15,9 @@ from typing import Any, NamedTuple
 from worker.ibkr.calendar import downtime_end
 from worker.sandbox.clock import VirtualClock
 
+#: A nanosecond: float slack when comparing a stamp with a window's edge.
+_SLACK_S = 1e-9
+
 
 class _Stamps:
     """The sorted receipt stamps (real POSIX seconds) of one limiter key. Stamps are taken on
@@ -42,7 +45,9 @@ class _Stamps:
         ends.extend(times[later : bisect.bisect_left(times, at + window_s, lo=later)])
         wait: float | None = None
         for end in ends:
-            first = bisect.bisect_right(times, end - window_s)
+            # A nanosecond of slack: `end - window_s` may round just below a stamp exactly a
+            # window before `end`, which is outside the half-open window.
+            first = bisect.bisect_right(times, end - window_s + _SLACK_S)
             inside = bisect.bisect_right(times, end) - first
             if inside >= limit:
                 # Admitted once the oldest (inside - limit + 1) stamps of this window leave it.

@@ -238,11 +238,15 @@ def _after_submit(tracked: Tracked, result: ApiResult, position: int) -> Decisio
             fate=AttemptFate.NOT_REGISTERED,
         )
     if outcome is Outcome.NOT_SENT:
+        # Nothing reached IBKR. When no rate-limit slot came in time, the next try waits for
+        # the earliest one there would have been (`retry_after_s`).
         return Decision(
             Action.RESEND,
             f"attempt {tracked.attempt_count} never left ({result.error_detail or 'not sent'}); "
-            "nothing reached IBKR, sending again shortly",
-            is_error=True,
+            "nothing reached IBKR, sending again later",
+            retry_after_s=result.retry_after_s,
+            # Waiting for IBKR's limits is no error: it must not grow the error backoff.
+            is_error=result.retry_after_s is None,
             fate=AttemptFate.NOT_REGISTERED,
         )
     if outcome is Outcome.UNKNOWN:

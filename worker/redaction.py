@@ -173,6 +173,32 @@ _SECRET_HINTS = re.compile(r"(?i)token|assertion|secret|key|password|auth|cookie
 _IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}")
 # Shorter text cannot hold a secret or an account number together with its name.
 _SHORTEST_SENSITIVE = 8
+# Every hint above (and what the secret patterns start with), lower case: text shorter than a
+# PEM body that holds none of them (nor an IBAN's start) needs no other pattern. Substring
+# tests on the lowered text: several times faster than one case-blind alternation.
+_HINTS = (
+    "-----begin",
+    "eyj",
+    "bearer",
+    "basic",
+    "token",
+    "assertion",
+    "secret",
+    "key",
+    "password",
+    "auth",
+    "cookie",
+    "body",
+    "account",
+    "routing",
+    "tax",
+    "identifier",
+    "iban",
+    "ssn",
+    "tin",
+    "acct",
+    "van",
+)
 
 
 def scrub_text(text: str) -> str:
@@ -181,6 +207,21 @@ def scrub_text(text: str) -> str:
     IBAN anywhere). For free text: exception messages, IBKR's error text, reprs."""
     if len(text) < _SHORTEST_SENSITIVE:
         return text
+    if len(text) < 192 and not _has_hint(text):
+        # Most text (event names, paths, ids, times) holds none of the hints.
+        return text
+    return _scrub(text)
+
+
+def _has_hint(text: str) -> bool:
+    lowered = text.lower()
+    # The four letters a case-blind pattern also takes for ASCII ones (İ lowers to i + dot).
+    if "\u0131" in lowered or "\u017f" in lowered:
+        lowered = lowered.replace("\u0131", "i").replace("\u017f", "s")
+    return any(hint in lowered for hint in _HINTS) or _IBAN_HINT.search(text) is not None
+
+
+def _scrub(text: str) -> str:
     if "-----BEGIN" in text:
         text = _PEM.sub(REDACTED, text)
     if len(text) >= 192:

@@ -20,6 +20,7 @@ from worker.logging import configure_logging
 from worker.redaction import (
     REDACTED,
     TOO_DEEP,
+    _scrub,
     is_account_number_key,
     mask_account_number,
     mask_bank_details,
@@ -196,6 +197,31 @@ def test_a_number_after_its_field_name_never_survives_whatever_surrounds_it(
 ) -> None:
     for text in (f"{noise} {name}: {BANK} {noise}", f'{noise}"{name}":"{BANK}"{noise}'):
         assert BANK not in scrub_text(text)
+
+
+# Letters the scrubbing's patterns name, in both cases and with the non-ASCII letters a
+# case-blind pattern also takes (long s, dotless i, dotted capital I, the Kelvin sign).
+_HINTED = st.text(
+    alphabet=st.sampled_from(
+        [
+            *"aAbBcCdDeEiIkKnNoOpPrRsStTuUvVwWyYjJ0123456789 =:\"'-_.",
+            "\u017f",
+            "\u0131",
+            "\u0130",
+            "\u212a",
+        ]
+    ),
+    max_size=190,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_HINTED)
+def test_the_quick_screen_passes_by_no_text_the_patterns_would_change(text: str) -> None:
+    """Revert check: with `_has_hint` looking only at `text.lower()`, `pa\\u017fsword=...` (long
+    s, which the case-blind patterns read as s) passed the screen unscrubbed."""
+    assert scrub_text(text) == _scrub(text)
+    assert scrub_text("pa\u017fsword=hunter22") == "pa\u017fsword=" + REDACTED
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ outcome uncertain, and the caller finds out by asking before anything is resent.
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -64,7 +65,8 @@ _USER_AGENT = "ibkr-worker"
 
 
 def http_limits(request_connections: int = DEFAULT_REQUEST_CONNECTIONS) -> httpx.Limits:
-    """Connections of one client: one per request permit plus one for the token request.
+    """Connections of one client: one per request permit plus one for the token request (each
+    permit and the token request have a pool of one of their own: `http_limits(0)`).
 
     Every one is kept alive and none is expired by the client: httpcore (1.0.9) closes an idle
     connection when the pool holds more than `max_keepalive_connections` (counting all of them,
@@ -199,18 +201,28 @@ class IbkrClient:
         # The client's own transport runs the slot's wait at the request's first write; another
         # (a test's, the in-process sandbox's) has no write: the wait runs before the call.
         self._departs_at_write = transport is None
-        self._http = _HttpClient(
-            base_url=settings.ibkr_base_url,
-            transport=transport or http_transport(request_connections),
-            timeout=httpx.Timeout(settings.http_timeout_s),
-            headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-            limits=http_limits(request_connections),
-        )
+
+        def lane() -> _HttpClient:
+            # One connection each: a permit is a lane, so finding a free connection never
+            # scans a pool (httpcore's does, for every request, across all its connections).
+            return _HttpClient(
+                base_url=settings.ibkr_base_url,
+                transport=transport or http_transport(0),
+                timeout=httpx.Timeout(settings.http_timeout_s),
+                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+                limits=http_limits(0),
+            )
+
+        # The most recently used lane first: at a low rate a few connections do all the work.
+        self._lanes: queue.LifoQueue[_HttpClient] = queue.LifoQueue()
+        for _ in range(request_connections):
+            self._lanes.put(lane())
+        self._token_http = lane()
         # Absolute URLs of the paths without parameters (every POST): httpx parses a relative
         # URL and then the merged one again on every request.
-        self._base = str(self._http.base_url).rstrip("/")
+        self._base = str(self._token_http.base_url).rstrip("/")
         self._fixed_urls: dict[str, httpx.URL] = {}
-        self._permits = threading.BoundedSemaphore(request_connections)
+        self._all_lanes = [*self._lanes.queue, self._token_http]
         self._holding = threading.local()
         self._token_connection = threading.Lock()
         self._token_endpoint_key = "POST " + (urlsplit(settings.ibkr_token_url).path or "/")
@@ -235,13 +247,14 @@ class IbkrClient:
         self.late_departures = 0
 
     def __repr__(self) -> str:
-        return f"IbkrClient(client_id={self.client_id!r}, base_url={str(self._http.base_url)!r})"
+        return f"IbkrClient(client_id={self.client_id!r}, base_url={self._base!r})"
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the keep-alive connections."""
-        self._http.close()
+        for lane in self._all_lanes:
+            lane.close()
 
     def __enter__(self) -> IbkrClient:
         return self
@@ -264,16 +277,21 @@ class IbkrClient:
         first, so nothing it commits waits for a connection afterwards. Re-entrant within a
         thread: the calls below take it themselves when the caller did not.
         """
-        if getattr(self._holding, "permit", False):
+        if getattr(self._holding, "lane", None) is not None:
             yield
             return
-        self._permits.acquire()
-        self._holding.permit = True
+        lane = self._lanes.get()
+        self._holding.lane = lane
         try:
             yield
         finally:
-            self._holding.permit = False
-            self._permits.release()
+            self._holding.lane = None
+            self._lanes.put(lane)
+
+    def _lane(self) -> _HttpClient:
+        lane: _HttpClient | None = getattr(self._holding, "lane", None)
+        assert lane is not None, "a request is made while holding a permit"
+        return lane
 
     # --- calls --------------------------------------------------------------------------------
 
@@ -398,7 +416,7 @@ class IbkrClient:
             response = self._send_in_slot(
                 endpoint.key,
                 budget,
-                lambda: self._http.request(
+                lambda: self._lane().request(
                     endpoint.method,
                     self._url(endpoint, url_path),
                     content=content,
@@ -511,7 +529,9 @@ class IbkrClient:
                 return self._send_in_slot(
                     self._token_endpoint_key,
                     budget,
-                    lambda: self._http.post(url, data=form, headers={"Accept": "application/json"}),
+                    lambda: self._token_http.post(
+                        url, data=form, headers={"Accept": "application/json"}
+                    ),
                 )
             except _NoSlot as error:
                 raise AuthenticationError(

@@ -48,15 +48,28 @@ def _cost(url: str, per_second: int, per_minute: int) -> dict[str, float]:
     return {"alone_us": round(single_us, 1), "batched_us": round(batched_us, 1)}
 
 
-def run(services: Services, log_root: Path) -> dict[str, Any]:
-    del log_root
-    costs: dict[str, dict[str, float]] = {}
-    for label, (per_second, per_minute) in SHAPES.items():
-        with temporary_database(services.database_url, "bench_limiter") as url:
-            from worker.migrate import upgrade_to_head
+ROUNDS = 3
 
-            upgrade_to_head(url)
-            log(f"limiter: cost per reservation at {label}")
-            costs[label] = _cost(url, per_second, per_minute)
+
+def run(services: Services, log_root: Path) -> dict[str, Any]:
+    """Each shape measured `ROUNDS` times, the shapes taking turns (this machine's speed swings
+    from minute to minute); the median of each counts."""
+    del log_root
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in SHAPES}
+    for round_number in range(ROUNDS):
+        for label, (per_second, per_minute) in SHAPES.items():
+            with temporary_database(services.database_url, "bench_limiter") as url:
+                from worker.migrate import upgrade_to_head
+
+                upgrade_to_head(url)
+                log(f"limiter: round {round_number + 1}, cost per reservation at {label}")
+                runs[label].append(_cost(url, per_second, per_minute))
+    costs = {
+        label: {
+            key: sorted(run[key] for run in measured)[len(measured) // 2]
+            for key in ("alone_us", "batched_us")
+        }
+        for label, measured in runs.items()
+    }
     small, large = (costs[label]["alone_us"] for label in SHAPES)
-    return {"per_reservation": costs, "large_over_small": round(large / small, 3)}
+    return {"per_reservation": costs, "large_over_small": round(large / small, 3), "runs": runs}

@@ -38,14 +38,14 @@ PENDING_FIRST_ID = 3_000_000_001
 
 FILL_SUBMISSIONS = """
 INSERT INTO submissions (id, message_id, correlation_id, instruction_type, is_bulk,
-    endpoint_path, request_json, attempt_count, instruction_set_id, http_status,
+    endpoint_path, request_json, attempt_count, sent_attempts, instruction_set_id, http_status,
     created_at, updated_at)
 SELECT g, 'pending-' || g, 'mem-' || (g % 1000), 'INTERNAL_CASH_TRANSFER', false,
     '/gw/api/v1/internal-cash-transfers',
     '{"instructionType":"INTERNAL_CASH_TRANSFER","instruction":{"clientInstructionId":'
         || (:first + g - 1) || ',"sourceAccountId":"U46377","targetAccountId":"U15667",'
         || '"amount":' || '2.50,"currency":"USD"}}',
-    1, 500000 + g, 202, now() - interval '1 minute', now() - interval '1 minute'
+    1, 1, 500000 + g, 202, now() - interval '1 minute', now() - interval '1 minute'
 FROM generate_series(1, :n) AS g
 """
 

@@ -51,6 +51,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-profile", action="store_true", help="throughput: skip the profiled pipeline run"
     )
     parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="throughput: also run the pipeline of an earlier commit (a git worktree) in every "
+        "round, against the same floor; its median ratio is reported beside this one's",
+    )
+    parser.add_argument(
+        "--compare-env",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="throughput: a setting for the earlier commit's processes only (repeatable; when "
+        "given, the earlier commit does not get the rate limits the current one runs at)",
+    )
+    parser.add_argument(
         "--drain", type=int, default=2000, help="drain: transfers published at once"
     )
     parser.add_argument("--singles", type=int, default=200, help="polling: single transfers")
@@ -82,6 +96,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
+    bad = [item for item in args.compare_env if "=" not in item]
+    if bad:
+        parser.error(f"--compare-env takes NAME=VALUE, not {bad[0]!r}")
     unknown = set(args.only) - set(ALL)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
@@ -123,6 +140,10 @@ def run_one(name: str, args: argparse.Namespace, services: Services, log_root: P
             floor_processes=[int(p) for p in args.floor_processes.split(",") if p],
             profile_run=not args.no_profile,
             rounds=args.rounds,
+            compare=args.compare,
+            compare_env=dict(item.split("=", 1) for item in args.compare_env)
+            if args.compare_env
+            else None,
         )
     if name == "drain":
         from bench import drain

@@ -163,13 +163,16 @@ class Processes:
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[Any] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` in `cwd` (the repository unless said; `python -m` imports from it)."""
         log_file = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log_file)
         process = subprocess.Popen(
             argv,
             env=env,
-            cwd=REPO,
+            cwd=cwd or REPO,
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,

@@ -45,6 +45,8 @@ def machine() -> dict[str, Any]:
 
 
 THROUGHPUT_RATIO = 0.5
+#: How far below an earlier commit's median ratio (`--compare`) this one may be.
+BASELINE_SLACK = 0.03
 CALLS_PER_FINAL = 1.5
 DRAIN_OVER_LEAST = 1.15
 DRAIN_CALLS_PER_INSTRUCTION = 1.6
@@ -75,6 +77,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio,
             f">= {THROUGHPUT_RATIO}",
             _verdict(ratio >= THROUGHPUT_RATIO),
+        )
+    if throughput and "baseline" in throughput:
+        before = throughput["baseline"]
+        add(
+            f"pipeline / floor against {before['commit'][:60]} (medians, same run)",
+            f"{before['ratio_now']} vs {before['ratio']}",
+            f">= {before['ratio']} - {BASELINE_SLACK}",
+            _verdict(before["ratio_now"] >= before["ratio"] - BASELINE_SLACK),
         )
     drain = results.get("drain")
     if drain and "calls" in drain:
@@ -223,6 +233,16 @@ def markdown(results: dict[str, Any]) -> str:
                     _cpu(r["pipeline_cpu_s"]),
                 ),
             ]
+            if "baseline_ratio" in r:
+                lines.append(
+                    _row(
+                        f"round {index + 1}: baseline pipeline, ratio {r['baseline_ratio']}",
+                        "default",
+                        r["baseline_rate_per_s"],
+                        r["baseline_elapsed_s"],
+                        _cpu(r["baseline_cpu_s"]),
+                    )
+                )
         lines += [
             "",
             f"pipeline / floor = **{throughput['ratio']}** (the median of the paired rounds; "
@@ -232,6 +252,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"{pipeline.get('connections_opened', '?')} new connections; every instruction of "
             f"every round applied once at the sandbox: {throughput.get('pipeline_exactly_once')}.",
         ]
+        if "baseline" in throughput:
+            before = throughput["baseline"]
+            lines += [
+                "",
+                f"Baseline `{before['commit']}` (its pipeline in every round, the two taking "
+                f"turns going first): median ratio {before['ratio']} against this code's "
+                f"{before['ratio_now']} ({before['now_over_baseline']} of it); every baseline "
+                f"instruction applied once: {before.get('exactly_once')}.",
+            ]
         group = pipeline.get("group_commit") or {}
         if group.get("transactions"):
             lines += [

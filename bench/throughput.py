@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cpu, profile
+from bench import baseline, cpu, profile
 from bench.common import (
     BIN,
     FLOOR_ACTOR,
@@ -44,6 +45,7 @@ from bench.common import (
     queue_consumers,
     scenario,
     start_sandbox,
+    temporary_database,
     wait_for,
     worker_env,
 )
@@ -52,6 +54,7 @@ POST_ENDPOINT = "POST /gw/api/v1/internal-cash-transfers"
 FLOOR_FIRST_ID = 7_000_000_001
 PIPELINE_FIRST_ID = 8_000_000_001
 PROFILE_FIRST_ID = 9_000_000_001
+BASELINE_FIRST_ID = 8_500_000_001
 #: The pipeline runs with the shared rate limiter on, at limits the sandbox never comes near.
 LIMITER_PER_SECOND = 1000
 LIMITER_PER_MINUTE = 60000
@@ -228,23 +231,30 @@ def run_pipeline(
     first_id: int,
     *,
     record: Path | None = None,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     """The product in its default configuration (`ibkr-worker worker`, `ibkr-worker
     scheduler`) on `n` messages; the clock stops when every one is PROCESSED and its events
-    are published."""
+    are published. `baseline`: the checkout of an earlier commit that `env` runs
+    (`bench.baseline`), whose default process count this code does not know: its consumers are
+    awaited until their count holds."""
     from worker.cli_ops import default_worker_processes
 
-    expected_processes = default_worker_processes()
     # As the Procfile starts it: no process, thread or pool flags.
-    worker = processes.start("worker", [str(BIN / "ibkr-worker"), "worker"], env)
-    scheduler = processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
+    worker = processes.start("worker", [str(BIN / "ibkr-worker"), "worker"], env, baseline)
+    scheduler = processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env, baseline)
     alive = lambda: processes.check_alive("worker", "scheduler")  # noqa: E731
-    wait_for(
-        lambda: queue_consumers(broker_url, "ibkr.instructions") >= expected_processes,
-        60,
-        "the worker's consumers",
-        alive=alive,
-    )
+    if baseline is not None:
+        _await_steady_consumers(broker_url, alive)
+        expected_processes = queue_consumers(broker_url, "ibkr.instructions")
+    else:
+        expected_processes = default_worker_processes()
+        wait_for(
+            lambda: queue_consumers(broker_url, "ibkr.instructions") >= expected_processes,
+            60,
+            "the worker's consumers",
+            alive=alive,
+        )
     wait_for(
         lambda: "scheduler started" in processes.log_text("scheduler"),
         60,
@@ -313,6 +323,17 @@ def run_pipeline(
     return result
 
 
+def _await_steady_consumers(broker_url: str, alive: Any) -> None:
+    """Until the queue has consumers and their count held for 3 s (60 s at most)."""
+    counts: list[int] = []
+
+    def steady() -> bool:
+        counts.append(queue_consumers(broker_url, "ibkr.instructions"))
+        return len(counts) > 6 and counts[-1] > 0 and len(set(counts[-7:])) == 1
+
+    wait_for(steady, 60, "the baseline worker's consumers", every_s=0.5, alive=alive)
+
+
 def run(
     services: Services,
     log_root: Path,
@@ -322,16 +343,24 @@ def run(
     floor_processes: list[int],
     profile_run: bool = True,
     rounds: int = 3,
+    compare: str | None = None,
+    compare_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The floor runs at each of `floor_processes` times `floor_threads` to find its best shape;
     then `rounds` paired rounds run the floor at that shape and the pipeline in its default
     configuration with the shared rate limiter on (at 1,000/s and 60,000/min, far above what
     the sandbox needs), one right after the other, and the median round's pipeline/floor ratio
-    counts."""
-    with (
-        scenario(services, "throughput", log_root) as (database_url, broker_url, processes),
-        tempfile.TemporaryDirectory(prefix="bench-key-") as key_dir,
-    ):
+    counts.
+
+    `compare`: an earlier commit whose pipeline runs in every round too, against the same floor
+    (its own database, migrated by its own code; the two pipelines take turns going first), so
+    a change's cost is read from one run: the baseline's median ratio beside this one's.
+    `compare_env`: settings of the baseline's own (e.g. the limits it was measured with)."""
+    with ExitStack() as stack:
+        database_url, broker_url, processes = stack.enter_context(
+            scenario(services, "throughput", log_root)
+        )
+        key_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-key-"))
         from worker.migrate import upgrade_to_head
 
         private_key, public_key = make_key(Path(key_dir))
@@ -345,6 +374,24 @@ def run(
             IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT=str(LIMITER_PER_SECOND),
             IBKR_MAX_REQUESTS_PER_MINUTE=str(LIMITER_PER_MINUTE),
         )
+        old: tuple[str, dict[str, str], str, Path] | None = None
+        if compare is not None:
+            path = stack.enter_context(baseline.checkout(compare))
+            old_database = stack.enter_context(
+                temporary_database(services.database_url, "bench_throughput_baseline")
+            )
+            old_env = baseline.env_for(
+                path,
+                worker_env(old_database, broker_url, sandbox, private_key, **(compare_env or {})),
+            )
+            if compare_env is None:
+                old_env.update(
+                    IBKR_MAX_REQUESTS_PER_SECOND_PER_ENDPOINT=str(LIMITER_PER_SECOND),
+                    IBKR_MAX_REQUESTS_PER_MINUTE=str(LIMITER_PER_MINUTE),
+                )
+            baseline.migrate(path, old_env)
+            old = (old_database, old_env, baseline.describe(path), path)
+            log(f"throughput: baseline {old[2]}")
         floors = []
         floor_shapes = [
             Shape(count, threads) for count in floor_processes for threads in floor_threads
@@ -375,12 +422,21 @@ def run(
             )
             first_id = FLOOR_FIRST_ID + (len(floor_shapes) + index) * n
             again = run_floor(sandbox, broker_url, env, processes, n, best, first_id)
+            before = None
+            if old is not None and index % 2 == 1:
+                before = _baseline_round(old, sandbox, broker_url, processes, n, index)
             pipeline = pipeline_at(PIPELINE_FIRST_ID + index * n)
+            if old is not None and before is None:
+                before = _baseline_round(old, sandbox, broker_url, processes, n, index)
             ratio = round(pipeline["rate_per_s"] / again["rate_per_s"], 3)
             paired.append({"floor": again, "pipeline": pipeline, "ratio": ratio})
+            if before is not None:
+                paired[-1]["baseline"] = before
+                paired[-1]["baseline_ratio"] = round(before["rate_per_s"] / again["rate_per_s"], 3)
             log(
                 f"throughput: floor {again['rate_per_s']}/s, pipeline "
                 f"{pipeline['rate_per_s']}/s, ratio {ratio}"
+                + (f", baseline ratio {paired[-1]['baseline_ratio']}" if before else "")
             )
         # The median round (of an even number, the lower of the middle two).
         median = sorted(paired, key=lambda r: float(r["ratio"]))[(len(paired) - 1) // 2]
@@ -399,11 +455,22 @@ def run(
                     "pipeline_elapsed_s": r["pipeline"]["elapsed_s"],
                     "pipeline_cpu_s": r["pipeline"]["cpu_s"],
                     "ratio": r["ratio"],
+                    **(
+                        {
+                            "baseline_rate_per_s": r["baseline"]["rate_per_s"],
+                            "baseline_elapsed_s": r["baseline"]["elapsed_s"],
+                            "baseline_cpu_s": r["baseline"]["cpu_s"],
+                            "baseline_ratio": r["baseline_ratio"],
+                        }
+                        if "baseline" in r
+                        else {}
+                    ),
                 }
                 for r in paired
             ],
             "pipeline": median["pipeline"],
             "ratio": median["ratio"],
+            **({"baseline": _baseline_summary(old[2], paired)} if old is not None else {}),
             # The pipeline's fastest round against the floor's fastest run of all, shape
             # search and rounds alike: both at their best, whenever that was.
             "ratio_best_against_best": round(
@@ -429,4 +496,44 @@ def run(
         result["pipeline_exactly_once"] = len(applied) == rounds * n and all(
             v == 1 for v in applied
         )
+        if old is not None:
+            last = BASELINE_FIRST_ID + rounds * n
+            applied = [v for k, v in counts.items() if BASELINE_FIRST_ID <= int(k) < last]
+            result["baseline"]["exactly_once"] = len(applied) == rounds * n and all(
+                v == 1 for v in applied
+            )
         return result
+
+
+def _baseline_round(
+    old: tuple[str, dict[str, str], str, Path],
+    sandbox: SandboxProcess,
+    broker_url: str,
+    processes: Processes,
+    n: int,
+    index: int,
+) -> dict[str, Any]:
+    database_url, env, _, path = old
+    return run_pipeline(
+        sandbox,
+        database_url,
+        broker_url,
+        env,
+        processes,
+        n,
+        BASELINE_FIRST_ID + index * n,
+        baseline=path,
+    )
+
+
+def _baseline_summary(described: str, paired: list[dict[str, Any]]) -> dict[str, Any]:
+    """The baseline's median round against this code's, each the median of its own ratios."""
+    ratios = sorted(float(r["baseline_ratio"]) for r in paired)
+    ours = sorted(float(r["ratio"]) for r in paired)
+    middle = (len(ratios) - 1) // 2
+    return {
+        "commit": described,
+        "ratio": ratios[middle],
+        "ratio_now": ours[middle],
+        "now_over_baseline": round(ours[middle] / ratios[middle], 3),
+    }

@@ -1,8 +1,8 @@
 """The IBKR Funds & Banking client: connection, token, signature, rate-limit slot, call, answer.
 
 Every request is made in this order, and each resource is taken only when the next can follow
-at once: a connection permit (one of `request_connections`, so a free pooled connection is
-waiting), a valid access token (the token request has a connection and a slot of its own), the
+at once: a connection permit (a lane: one of `request_connections` clients of one connection
+each, so no request looks through a pool for a free connection), a valid access token (the token request has a connection and a slot of its own), the
 signed body, then a rate-limit slot, whose time the request leaves at. A request that could not
 leave within `tolerance_s` of its slot is stopped before its first byte (the check runs in the
 transport, at the first write) and takes a new slot; it never goes "anyway".

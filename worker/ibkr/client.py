@@ -2,8 +2,9 @@
 
 Every request is made in this order, and each resource is taken only when the next can follow
 at once: a connection permit (a lane: one of `request_connections` clients of one connection
-each, so no request looks through a pool for a free connection), a valid access token (the token request has a connection and a slot of its own), the
-signed body, then a rate-limit slot, whose time the request leaves at. A request that could not
+each, so no request looks through a pool for a free connection), a valid access token (the
+token request has a connection and a slot of its own), the signed body, then a rate-limit slot,
+whose time the request leaves at. A request that could not
 leave within `tolerance_s` of its slot is stopped before its first byte (the check runs in the
 transport, at the first write) and takes a new slot; it never goes "anyway".
 

@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from models import make_engine, make_session_factory
 from worker.cli_settings import settings_or_exit
@@ -24,6 +26,7 @@ from worker.logging import get_logger
 from worker.migrate import is_up_to_date
 
 log = get_logger(__name__)
+T = TypeVar("T")
 OUTBOX_MAX_AGE_S = 60.0
 
 
@@ -36,17 +39,61 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _require_ready(settings: Settings) -> None:
-    """Stop at start, with one clear line, when credentials or the schema are missing."""
+#: A long-running process that starts while the database does not answer (it is restarting,
+#: failing over, or starting beside it) waits this long for it before it gives up with exit 2.
+STARTUP_DATABASE_WAIT_S = 60.0
+_STARTUP_RETRY_FIRST_S = 0.5
+_STARTUP_RETRY_MAX_S = 5.0
+
+
+def _require_ready(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    wait_s: float = STARTUP_DATABASE_WAIT_S,
+) -> None:
+    """Stop at start, with one clear line, when credentials or the schema are missing. A
+    database that does not answer yet is waited for (up to `wait_s`, or until `stop` is set):
+    a worker restarted while PostgreSQL restarts must come up by itself, not stay down."""
     try:
         settings.require_ibkr_credentials()
     except ConfigError as error:
         _fail(f"configuration error: {error}", 2)
-    try:
-        if not is_up_to_date(settings.database_url):
-            _fail("the database schema is not up to date; run `ibkr-worker migrate` first", 2)
-    except SQLAlchemyError as error:
-        _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
+    up_to_date = _once_the_database_answers(
+        lambda: is_up_to_date(settings.database_url), stop, time.monotonic() + wait_s
+    )
+    if up_to_date is False:
+        _fail("the database schema is not up to date; run `ibkr-worker migrate` first", 2)
+
+
+def _once_the_database_answers(
+    call: Callable[[], T], stop: threading.Event | None, deadline: float
+) -> T | None:
+    """`call()`, tried again (pauses doubling to `_STARTUP_RETRY_MAX_S`) while the database
+    does not answer, until `deadline` (then exit 2 with one clear line). None when `stop` was
+    set meanwhile. Any other database error exits at once: it will not go away by waiting."""
+    pause_s = _STARTUP_RETRY_FIRST_S
+    while True:
+        try:
+            return call()
+        except (OperationalError, InterfaceError) as error:
+            if stop is not None and stop.is_set():
+                return None  # stopped while waiting: the caller sees `stop` and leaves quietly
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
+            log.warning(
+                "the database does not answer yet; waiting for it",
+                error=type(error).__name__,
+                retry_in_s=round(min(pause_s, left_s), 3),
+                gives_up_in_s=round(left_s, 1),
+            )
+            if stop is not None:
+                stop.wait(min(pause_s, left_s))
+            else:
+                time.sleep(min(pause_s, left_s))
+            pause_s = min(pause_s * 2, _STARTUP_RETRY_MAX_S)
+        except SQLAlchemyError as error:
+            _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
 
 
 def stop_on_signal() -> threading.Event:
@@ -112,7 +159,9 @@ def worker_command(processes: int | None, threads: int) -> None:
         return
     stop = stop_on_signal()
     settings = _settings()
-    _require_ready(settings)
+    _require_ready(settings, stop)
+    if stop.is_set():
+        return
     from dramatiq import Worker
 
     from worker.actors import declare_actors
@@ -124,7 +173,15 @@ def worker_command(processes: int | None, threads: int) -> None:
     metrics = Metrics()
     # The threads' database steps go through one writer (group commit); a few more connections
     # serve steps that run alone after a failed batch.
-    runtime = build_runtime(settings, actor="worker", observer=metrics, pool_size=min(threads, 8))
+    runtime = _once_the_database_answers(
+        lambda: build_runtime(
+            settings, actor="worker", observer=metrics, pool_size=min(threads, 8)
+        ),
+        stop,
+        time.monotonic() + STARTUP_DATABASE_WAIT_S,
+    )
+    if runtime is None:
+        return
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
         metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -230,7 +287,9 @@ def scheduler_command(poll_threads: int) -> None:
     """
     stop = stop_on_signal()
     settings = _settings()
-    _require_ready(settings)
+    _require_ready(settings, stop)
+    if stop.is_set():
+        return
     from worker.broker import AmqpEventPublisher, DeadLetterDrain, is_stub_url
     from worker.events import EventPublisher, MemoryPublisher
     from worker.metrics import Metrics
@@ -238,9 +297,15 @@ def scheduler_command(poll_threads: int) -> None:
     from worker.scheduler import Scheduler
 
     metrics = Metrics()
-    runtime = build_runtime(
-        settings, actor="scheduler", observer=metrics, pool_size=poll_threads + 4
+    runtime = _once_the_database_answers(
+        lambda: build_runtime(
+            settings, actor="scheduler", observer=metrics, pool_size=poll_threads + 4
+        ),
+        stop,
+        time.monotonic() + STARTUP_DATABASE_WAIT_S,
     )
+    if runtime is None:
+        return
     if settings.metrics_port:
         metrics.watch_database(runtime.ctx.session_factory)
         metrics.serve(settings.metrics_port + 1, settings.metrics_host)

@@ -195,3 +195,29 @@ def test_a_postgresql_server_restart_mid_run_loses_nothing_and_needs_no_manual_s
 
     wait_all_final(pipeline, cids, 150)
     assert_exactly_once(pipeline, cids, events)
+
+
+def test_processes_started_while_postgresql_is_down_wait_for_it_and_then_work(
+    make_pipeline: Callable[..., Pipeline], postgresql_back_up: None
+) -> None:
+    """A worker or scheduler (re)started while the database restarts (a crash loop meeting a
+    failover, a host booting) waits for it and comes up by itself; it does not exit and stay
+    down."""
+    pipeline = make_pipeline(speed=60.0, internal_cash_async_above=Decimal(100))
+    events = EventCollector(pipeline.broker_url, "instruction.processed")
+    pg_ctlcluster("stop")
+    pipeline.start_worker()
+    pipeline.start_scheduler()
+    pipeline.wait_for(
+        lambda: pipeline.logs().count("the database does not answer yet") >= 4,
+        30,
+        "both processes waiting for the database",
+    )
+    assert pipeline.alive("worker") and pipeline.alive("scheduler"), pipeline.logs()
+    pg_ctlcluster("start")
+    pipeline.wait_for(lambda: postgresql_answers(pipeline.database_url), 60, "PostgreSQL back")
+
+    cids = set(range(2_400_000, 2_400_030))
+    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    wait_all_final(pipeline, cids, 90)
+    assert_exactly_once(pipeline, cids, events)

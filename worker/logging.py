@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from worker.redaction import redact_event
 
@@ -102,6 +103,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_logger(name: str | None = None) -> Any:
-    """A structlog logger bound to `name` (the module)."""
-    return structlog.get_logger(name)
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger bound to `name` (the module): the level-filtering logger that
+    `configure_logging` (and structlog's default configuration) makes."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

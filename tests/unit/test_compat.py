@@ -21,7 +21,7 @@ from worker._compat import (
     departure_guarded_transport,
     framing_publish,
 )
-from worker.ibkr.client import http_limits
+from worker.ibkr.lanes import http_limits
 
 
 class RecordingServer:

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.encoder import JSONEncoder
 
 from worker.inbound.context import HandledMessage, MessageContext
 
@@ -20,10 +21,15 @@ QUEUE = "context-test"
 
 @pytest.fixture
 def broker() -> Iterator[StubBroker]:
+    # dramatiq's own encoder: the edge's (process-wide, once a worker broker was made) decodes
+    # every message as one for the worker's actor.
+    encoder = dramatiq.get_encoder()
+    dramatiq.set_encoder(JSONEncoder())
     stub = StubBroker(middleware=[MessageContext(max_correlation_id_chars=16)])
     stub.emit_after("process_boot")
     yield stub
     stub.close()
+    dramatiq.set_encoder(encoder)
 
 
 def context_of(broker: StubBroker) -> MessageContext:

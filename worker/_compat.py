@@ -7,6 +7,10 @@ when the library changes (tests/unit/test_compat.py).
   on its connection, head and body ready, and leaves right after). httpx does not take a
   network backend, so the transport's (private) `_pool` is rebuilt with the same settings and
   ours.
+- `framing_publish`: the asynchronous channel (pika's private `_impl`) under a
+  `BlockingChannel`, whose `basic_publish` frames a message into the connection's buffer
+  instead of writing it to the socket before returning (`worker.broker.AmqpEventPublisher`
+  publishes inside AMQP transactions, where nothing is the broker's before `tx.commit`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 import httpcore
 import httpx
+import pika.channel
+from pika.adapters.blocking_connection import BlockingChannel
 
 
 class DepartureRefused(Exception):
@@ -121,3 +127,19 @@ def departure_guarded_transport(
         network_backend=_GuardedBackend(),
     )
     return transport
+
+
+def framing_publish(channel: BlockingChannel) -> Callable[..., None]:
+    """`basic_publish(exchange=, routing_key=, body=, properties=)` of the asynchronous channel
+    under `channel`: it frames the message into the connection's buffer and returns; the frames
+    go out with the connection's next blocking call (`tx_commit`). Raises RuntimeError when
+    pika no longer keeps that channel in `_impl`: publishing then falls back on nothing."""
+    impl = getattr(channel, "_impl", None)
+    if not isinstance(impl, pika.channel.Channel):
+        raise RuntimeError(
+            "pika's BlockingChannel no longer keeps its pika.channel.Channel in `_impl` "
+            f"(found {type(impl).__name__}); update worker._compat.framing_publish for this "
+            "pika version"
+        )
+    publish: Callable[..., None] = impl.basic_publish
+    return publish

@@ -300,9 +300,10 @@ class EdgeLimits:
 
 
 def edge_middleware(limits: EdgeLimits) -> list[Middleware]:
-    """The only middleware of our brokers: the current message for the actor, and the budget's
-    release. None reads a message's options (no Retries, TimeLimit, AgeLimit, Callbacks,
-    Pipelines or ShutdownNotifications): timing and retries are the worker's."""
+    """The middleware of our brokers: the current message for the actor, and the budget's
+    release (the worker's actors add `context.MessageContext`). None reads a message's options
+    (no Retries, TimeLimit, AgeLimit, Callbacks, Pipelines or ShutdownNotifications): timing
+    and retries are the worker's."""
     return [CurrentMessage(), ReleaseHeldBytes(limits.held_bytes)]
 
 

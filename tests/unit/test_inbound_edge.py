@@ -315,7 +315,7 @@ def assemble(assembler: Any, body: bytes, chunk: int = 4096) -> Any:
 def test_pika_keeps_only_the_beginning_and_the_end_of_a_body_above_the_limit() -> None:
     """RabbitMQ lets 128 MiB through by default; pika would hold such a body twice before the
     edge could look at its size. Revert check: with pika's own assembler the body is whole."""
-    from worker.inbound.edge import BoundedContentAssembler, OversizedBody
+    from worker._compat import BoundedContentAssembler, OversizedBody
 
     assembler = BoundedContentAssembler(limit_bytes=100_000)
     small = raw_message({"request": {"note": "x" * 50_000}})

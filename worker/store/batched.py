@@ -100,7 +100,9 @@ def bind_processor(column: Column[Any], dialect: Dialect) -> Processor:
 
 @cache
 def _bind_processor(column: Column[Any], _name: str, dialect: Dialect) -> Processor:
-    return column.type.bind_processor(dialect)
+    # The dialect's own implementation of the type (psycopg's JSON, say), as SQLAlchemy
+    # applies it to a bound value.
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _column_values(rows: Sequence[Values], key: str, process: Processor) -> list[Any]:

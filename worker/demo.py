@@ -32,7 +32,7 @@ from worker.ibkr.signing import load_private_key
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox import Sandbox, SandboxConfig
 from worker.scheduler import Scheduler
-from worker.status import FINAL
+from worker.status import FINAL, Status
 from worker.store import events, queries
 from worker.store.migrate import upgrade_to_head
 from worker.store.rows import ClientInstruction
@@ -83,7 +83,7 @@ def morning() -> dict[str, Step]:
                     _transfer("U139838", "912.10", clientNote="November payroll"),
                 ],
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "payroll-2026-11",
         ),
         Step(
@@ -98,7 +98,7 @@ def morning() -> dict[str, Step]:
                     "sendingInstitution": "First Demo Bank",
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "treasury-deposit",
         ),
         Step(
@@ -113,7 +113,7 @@ def morning() -> dict[str, Step]:
                     "bankInstructionName": "Test Withdrawal",
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "client-withdrawal",
         ),
         Step(
@@ -134,7 +134,7 @@ def morning() -> dict[str, Step]:
                     },
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "onboarding-ach",
         ),
         Step(
@@ -143,7 +143,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "INTERNAL_CASH_TRANSFER",
                 "instruction": _transfer("U15667", "50.00", dateTimeToOccur=tomorrow),
             },
-            "REJECTED",
+            Status.REJECTED,
             "cancel-me",
         ),
         Step(
@@ -155,7 +155,7 @@ def morning() -> dict[str, Step]:
                     "transactionHistory": {"daysToGoBack": 7, "transactionType": "ALL"},
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "eod-reconciliation",
         ),
         Step(
@@ -164,7 +164,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "QUERY_BANK_INSTRUCTION",
                 "instruction": {"accountId": "U46377", "bankInstructionMethod": "WIRE"},
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "eod-reconciliation",
         ),
         Step(
@@ -176,7 +176,7 @@ def morning() -> dict[str, Step]:
                     **_transfer("U15667", "75.00"),
                 },
             },
-            "CONFLICT",
+            Status.CONFLICT,
             "reused-id",
         ),
         Step(
@@ -185,7 +185,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "INTERNAL_CASH_TRANSFER",
                 "instruction": _transfer("U15667", "-10.00"),
             },
-            "FAILED",
+            Status.FAILED,
             "bad-input",
         ),
     ]
@@ -301,12 +301,12 @@ class Demo:
         """Act on what the morning has shown so far, as a back office would."""
         assert self.sandbox is not None
         deposit = self.steps["wire deposit notice"]
-        if deposit.statuses == ["PENDING"] and "deposit" not in self.notes:
+        if deposit.statuses == [Status.PENDING] and "deposit" not in self.notes:
             # The client's bank wires the money; IBKR sees it arrive.
             self.sandbox.deposit_arrived(deposit.client_instruction_ids[0])
             self.notes.append("deposit")
         ach = self.steps["ACH bank instruction (micro-deposits)"]
-        if ach.statuses == ["PENDING_VERIFICATION"] and "verify" not in self.steps:
+        if ach.statuses == [Status.PENDING_VERIFICATION] and "verify" not in self.steps:
             row = ach.rows[ach.client_instruction_ids[0]]
             if row.instruction_id is None:
                 return
@@ -324,13 +324,13 @@ class Demo:
                         "creditAmount2": str(second),
                     },
                 },
-                "PROCESSED",
+                Status.PROCESSED,
                 "onboarding-ach",
             )
             self.steps["verify"] = verify
             self.publish(verify)
         scheduled = self.steps["scheduled transfer (to be cancelled)"]
-        if scheduled.statuses == ["PENDING"] and "cancel" not in self.steps:
+        if scheduled.statuses == [Status.PENDING] and "cancel" not in self.steps:
             row = scheduled.rows[scheduled.client_instruction_ids[0]]
             cancel = Step(
                 "cancel of the scheduled transfer",
@@ -341,7 +341,7 @@ class Demo:
                         "reason": "Client changed their mind",
                     },
                 },
-                "PROCESSED",
+                Status.PROCESSED,
                 "cancel-me",
             )
             self.steps["cancel"] = cancel

@@ -96,6 +96,11 @@ def serial_id(row_type: type[Any]) -> str | None:
     return _SERIALS[row_type]
 
 
+def row_from(row_type: type[R], values: Sequence[Any]) -> R:
+    """A row of `row_type` from its column values, in the table's order."""
+    return row_type(**dict(zip(columns(row_type), values, strict=True)))
+
+
 #: The tables in the order their rows are inserted (parents first).
 _INSERT_ORDER = {t.name: index for index, t in enumerate(tables.Base.metadata.sorted_tables)}
 
@@ -147,6 +152,12 @@ class Tx:
     def execute(self, statement: Any, parameters: Any = None) -> Any:
         """Run a statement in the transaction (for the store's modules)."""
         return self.connection.execute(statement, parameters)
+
+    def read(self, row_type: type[R], query: Any, *, adopt: bool = False) -> list[R]:
+        """The rows of `row_type` that `query` (selecting its table's columns, in order) finds;
+        `adopt`: held by the transaction, to be changed."""
+        found = [row_from(row_type, values) for values in self.execute(query)]
+        return [self.adopt(row) for row in found] if adopt else found
 
     def locked(self, query: Select[Any], **options: Any) -> Select[Any]:
         """`query` taking row locks on PostgreSQL (SQLite's transaction holds the write lock

@@ -8,19 +8,11 @@ from sqlalchemy import delete, select
 
 from worker.store.database import Tx, table_of
 from worker.store.ids import allocate
-from worker.store.rows import DeadLetter, DeadLetterOriginal, MessageFailure, columns
+from worker.store.rows import DeadLetter, DeadLetterOriginal, MessageFailure
 
 _LETTERS = table_of(DeadLetter)
 _ORIGINALS = table_of(DeadLetterOriginal)
 _FAILURES = table_of(MessageFailure)
-
-
-def _letters(tx: Tx, query: object) -> list[DeadLetter]:
-    names = columns(DeadLetter)
-    return [
-        tx.adopt(DeadLetter(**dict(zip(names, values, strict=True))))
-        for values in tx.execute(query)
-    ]
 
 
 def same_letter(tx: Tx, message_id: str | None, digest: str, size: int) -> DeadLetter | None:
@@ -34,7 +26,7 @@ def same_letter(tx: Tx, message_id: str | None, digest: str, size: int) -> DeadL
         .order_by(c.id.desc())
         .limit(1)
     )
-    found = _letters(tx, query)
+    found = tx.read(DeadLetter, query, adopt=True)
     return found[0] if found else None
 
 
@@ -49,15 +41,14 @@ def add_letter(tx: Tx, letter: DeadLetter, original: bytes | None) -> int:
 
 def letters(tx: Tx, ids: Iterable[int]) -> dict[int, DeadLetter]:
     """The letters with these ids (those that exist), adopted."""
-    found = _letters(tx, select(*_LETTERS.columns).where(tx.one_of(_LETTERS.c.id, ids)))
+    query = select(*_LETTERS.columns).where(tx.one_of(_LETTERS.c.id, ids))
+    found = tx.read(DeadLetter, query, adopt=True)
     return {letter.id: letter for letter in found}
 
 
 def listed(tx: Tx, limit: int) -> list[DeadLetter]:
     """The oldest `limit` letters."""
-    names = columns(DeadLetter)
-    query = select(*_LETTERS.columns).order_by(_LETTERS.c.id).limit(limit)
-    return [DeadLetter(**dict(zip(names, values, strict=True))) for values in tx.execute(query)]
+    return tx.read(DeadLetter, select(*_LETTERS.columns).order_by(_LETTERS.c.id).limit(limit))
 
 
 def originals(tx: Tx, ids: Iterable[int]) -> dict[int, bytes]:
@@ -70,10 +61,8 @@ def originals(tx: Tx, ids: Iterable[int]) -> dict[int, bytes]:
 def failure(tx: Tx, key: str) -> MessageFailure | None:
     """The failure count of a message, locked; adopted."""
     query = tx.locked(select(*_FAILURES.columns).where(_FAILURES.c.key == key))
-    names = columns(MessageFailure)
-    for values in tx.execute(query):
-        return tx.adopt(MessageFailure(**dict(zip(names, values, strict=True))))
-    return None
+    found = tx.read(MessageFailure, query, adopt=True)
+    return found[0] if found else None
 
 
 def add_failure(tx: Tx, row: MessageFailure) -> None:

@@ -2,12 +2,12 @@
 
 A worker thread that has received a message (or an answer to its POST) hands the step to the
 process's `GroupCommit` and waits. One writer thread takes every step waiting at that moment,
-runs them in one transaction with the batch functions of `intake` and `submit` (a few
-statements for the whole batch), commits, and wakes the threads. Nothing waits for a batch to
-fill: a lone step is a batch of one, and under load the batch is whatever arrived while the
-previous one was being committed.
+runs them in one store transaction with the batch functions of `tracking.intake` and
+`tracking.submit` (a few statements for the whole batch), commits, and wakes the threads.
+Nothing waits for a batch to fill: a lone step is a batch of one, and under load the batch is
+whatever arrived while the previous one was being committed.
 
-The order that keeps money from moving twice is unchanged: a thread POSTs only after the
+The order that keeps money from moving twice holds: a thread POSTs only after the
 transaction holding its SUBMITTING rows has committed, and acknowledges its message only after
 the answer is committed. When a batch fails as a whole (a database error, a request the
 database refuses), nothing of it is committed and every step runs again on its own, in its

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 
 from worker.store.database import Tx, table_of
-from worker.store.rows import Instruction, InstructionSet, columns
+from worker.store.rows import Instruction, InstructionSet
 
 _INSTRUCTIONS = table_of(Instruction)
 _SETS = table_of(InstructionSet)
@@ -38,21 +38,15 @@ def look_up(tx: Tx, *, instruction_ids: Iterable[int], set_ids: Iterable[int]) -
     wanted_sets = {i for i in set_ids if i not in sets}
     if wanted_instructions:
         instructions.update(dict.fromkeys(wanted_instructions))
-        names = columns(Instruction)
-        for values in tx.execute(
-            select(*_INSTRUCTIONS.columns).where(
-                tx.one_of(_INSTRUCTIONS.c.instruction_id, wanted_instructions)
-            )
-        ):
-            row = tx.adopt(Instruction(**dict(zip(names, values, strict=True))))
+        query = select(*_INSTRUCTIONS.columns).where(
+            tx.one_of(_INSTRUCTIONS.c.instruction_id, wanted_instructions)
+        )
+        for row in tx.read(Instruction, query, adopt=True):
             instructions[row.instruction_id] = row
     if wanted_sets:
         sets.update(dict.fromkeys(wanted_sets))
-        names = columns(InstructionSet)
-        for values in tx.execute(
-            select(*_SETS.columns).where(tx.one_of(_SETS.c.instruction_set_id, wanted_sets))
-        ):
-            found = tx.adopt(InstructionSet(**dict(zip(names, values, strict=True))))
+        query = select(*_SETS.columns).where(tx.one_of(_SETS.c.instruction_set_id, wanted_sets))
+        for found in tx.read(InstructionSet, query, adopt=True):
             sets[found.instruction_set_id] = found
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, case, select
 
 from models.tables import AuditEvent
 from worker.store.database import Tx, table, table_of
-from worker.store.rows import ClientInstruction, Submission, columns
+from worker.store.rows import ClientInstruction, Submission
 
 _MEMBERS = table_of(ClientInstruction)
 _M = _MEMBERS.c
@@ -37,13 +37,6 @@ AUDIT_COLUMNS = (
 )
 
 
-def _members(tx: Tx, query: Any) -> list[ClientInstruction]:
-    names = columns(ClientInstruction)
-    return [
-        ClientInstruction(**dict(zip(names, values, strict=True))) for values in tx.execute(query)
-    ]
-
-
 def by_client_instruction_id(tx: Tx, client_instruction_id: int) -> ClientInstruction | None:
     """The row owning `client_instruction_id`, else the newest holding it."""
     owner_first = case((_M.duplicate_of_id.is_(None), 0), else_=1)
@@ -53,7 +46,7 @@ def by_client_instruction_id(tx: Tx, client_instruction_id: int) -> ClientInstru
         .order_by(owner_first, _M.id.desc())
         .limit(1)
     )
-    found = _members(tx, query)
+    found = tx.read(ClientInstruction, query)
     return found[0] if found else None
 
 
@@ -72,7 +65,7 @@ def members_of(tx: Tx, submission_ids: list[int], limit: int) -> list[ClientInst
         .order_by(_M.submission_id, _M.position, _M.id)
         .limit(limit)
     )
-    return _members(tx, query)
+    return tx.read(ClientInstruction, query)
 
 
 def rows_of_message(tx: Tx, message_id: str, limit: int) -> list[ClientInstruction]:
@@ -83,7 +76,7 @@ def rows_of_message(tx: Tx, message_id: str, limit: int) -> list[ClientInstructi
         .order_by(_M.position, _M.id)
         .limit(limit)
     )
-    return _members(tx, query)
+    return tx.read(ClientInstruction, query)
 
 
 @dataclass(frozen=True)

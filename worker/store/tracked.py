@@ -17,15 +17,13 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select, update
 
 from worker.status import SENDING, Status
-from worker.store.database import Tx, table_of
+from worker.store.database import Tx, row_from, table_of
 from worker.store.rows import ClientInstruction, InboundMessage, Submission, columns
 
 _MEMBERS = table_of(ClientInstruction)
 _SUBMISSIONS = table_of(Submission)
 _M = _MEMBERS.c
-_MEMBER_COLUMNS = columns(ClientInstruction)
-_SUBMISSION_COLUMNS = columns(Submission)
-_WIDTH = len(_MEMBER_COLUMNS)
+_WIDTH = len(columns(ClientInstruction))
 
 
 def _with_submissions() -> Select[Any]:
@@ -40,11 +38,11 @@ def _read(tx: Tx, query: Select[Any], *, adopt: bool) -> list[ClientInstruction]
     adopted by `tx` when they are to be changed."""
     found: list[ClientInstruction] = []
     for values in tx.execute(query).all():
-        row = ClientInstruction(**dict(zip(_MEMBER_COLUMNS, values[:_WIDTH], strict=True)))
+        row = row_from(ClientInstruction, values[:_WIDTH])
         if adopt:
             row = tx.adopt(row)
         if row.submission is None and values[_WIDTH] is not None:
-            submission = Submission(**dict(zip(_SUBMISSION_COLUMNS, values[_WIDTH:], strict=True)))
+            submission = row_from(Submission, values[_WIDTH:])
             row.submission = tx.adopt(submission) if adopt else submission
         found.append(row)
     return found

@@ -150,7 +150,7 @@ def look_at_verified_instruction(
     if row.pending_instruction_id is None:
         return
     ach = tracked.unfinished_by_instruction_id(tx, row.pending_instruction_id)
-    if ach is None:
+    if ach is None or ach.final_at is not None:  # final in this very transaction
         return
     append_audit(
         tx,

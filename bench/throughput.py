@@ -361,7 +361,7 @@ def run(
             scenario(services, "throughput", log_root)
         )
         key_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-key-"))
-        from worker.migrate import upgrade_to_head
+        from worker.store.migrate import upgrade_to_head
 
         private_key, public_key = make_key(Path(key_dir))
         upgrade_to_head(database_url)

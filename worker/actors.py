@@ -10,7 +10,6 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-from sqlalchemy.orm import Session
 
 from worker import jsontext
 from worker.broker import ACTOR_NAME, QUEUE_NAME
@@ -18,11 +17,12 @@ from worker.inbound.context import MessageContext
 from worker.inbound.edge import arrival_of
 from worker.inbound.retries import Retrier
 from worker.logging import get_logger
+from worker.store import Tx
+from worker.store.group import GroupCommit, StepKind
+from worker.tracking.checks import MAX_CORRELATION_ID
 from worker.tracking.context import TrackingContext
 from worker.tracking.deadletters import record_dead_letter
-from worker.tracking.group import GroupCommit, StepKind
 from worker.tracking.intake import (
-    MAX_CORRELATION_ID,
     Inbound,
     Intake,
     Received,
@@ -52,10 +52,10 @@ class GroupedSteps:
 
 
 def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
-    """Receiving requests and recording answers through `group` (see `tracking.group`)."""
+    """Receiving requests and recording answers through `group` (see `store.group`)."""
 
-    def receive_batch(session: Session, items: Sequence[Inbound]) -> list[Received]:
-        return receive_all(session, ctx, items)
+    def receive_batch(tx: Tx, items: Sequence[Inbound]) -> list[Received]:
+        return receive_all(tx, ctx, items)
 
     def receive_alone(item: Inbound) -> Intake:
         return receive(
@@ -66,8 +66,8 @@ def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
             begin_submission=item.begin_submission,
         )
 
-    def record_batch(session: Session, answers: Sequence[Answer]) -> list[Callable[[], None]]:
-        record_answers(session, ctx, answers)
+    def record_batch(tx: Tx, answers: Sequence[Answer]) -> list[Callable[[], None]]:
+        record_answers(tx, ctx, answers)
         return [_nothing] * len(answers)
 
     return GroupedSteps(
@@ -132,7 +132,7 @@ def handle_message(
             except (TypeError, ValueError):
                 body = repr(kwargs)
         record_dead_letter(
-            ctx.session_factory,
+            ctx.store,
             body=body,
             reason=error.reason,
             now=ctx.clock.now(),
@@ -168,7 +168,7 @@ def declare_actors(
     """Declare `submit_instruction` on `broker`, bound to the tracking context `ctx` (with
     `group`, its threads share transactions), and add `MessageContext` to `broker` (once)."""
     steps = grouped_steps(ctx, group) if group is not None else None
-    retrier = Retrier.for_database(ctx.session_factory, ctx.clock, QUEUE_NAME)
+    retrier = Retrier.for_database(ctx.store, ctx.clock, QUEUE_NAME)
     if not any(isinstance(m, MessageContext) for m in broker.middleware):
         broker.add_middleware(MessageContext(max_correlation_id_chars=MAX_CORRELATION_ID))
 

@@ -15,15 +15,14 @@ from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from models import make_engine, make_session_factory
 from worker.cli_settings import settings_or_exit
 from worker.config import ConfigError, Settings
 from worker.ibkr.requests import RequestValidationError, parse_request
 from worker.logging import get_logger
-from worker.migrate import is_up_to_date
+from worker.store import Store
+from worker.store.errors import DatabaseAway, DatabaseError
+from worker.store.migrate import is_up_to_date
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -75,15 +74,15 @@ def _once_the_database_answers(
     while True:
         try:
             return call()
-        except (OperationalError, InterfaceError) as error:
+        except DatabaseAway as error:
             if stop is not None and stop.is_set():
                 return None  # stopped while waiting: the caller sees `stop` and leaves quietly
             left_s = deadline - time.monotonic()
             if left_s <= 0:
-                _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
+                _fail(f"cannot reach the database at DATABASE_URL: {error.kind}", 2)
             log.warning(
                 "the database does not answer yet; waiting for it",
-                error=type(error).__name__,
+                error=error.kind,
                 retry_in_s=round(min(pause_s, left_s), 3),
                 gives_up_in_s=round(left_s, 1),
             )
@@ -92,8 +91,8 @@ def _once_the_database_answers(
             else:
                 time.sleep(min(pause_s, left_s))
             pause_s = min(pause_s * 2, _STARTUP_RETRY_MAX_S)
-        except SQLAlchemyError as error:
-            _fail(f"cannot reach the database at DATABASE_URL: {type(error).__name__}", 2)
+        except DatabaseError as error:
+            _fail(f"cannot reach the database at DATABASE_URL: {error.kind}", 2)
 
 
 def stop_on_signal() -> threading.Event:
@@ -168,7 +167,7 @@ def worker_command(processes: int | None, threads: int) -> None:
     from worker.broker import make_broker
     from worker.metrics import Metrics
     from worker.runtime import build_runtime
-    from worker.tracking.group import GroupCommit
+    from worker.store.group import GroupCommit
 
     metrics = Metrics()
     # The threads' database steps go through one writer (group commit); a few more connections
@@ -183,10 +182,10 @@ def worker_command(processes: int | None, threads: int) -> None:
     if runtime is None:
         return
     if settings.metrics_port:
-        metrics.watch_database(runtime.ctx.session_factory)
+        metrics.watch_database(runtime.store)
         metrics.serve(settings.metrics_port, settings.metrics_host)
     broker = make_broker(settings.broker_url, max_message_bytes=settings.max_message_bytes)
-    group = GroupCommit(runtime.writer_session_factory())
+    group = GroupCommit(runtime.writer_store())
     declare_actors(broker, runtime.ctx, group)
     consumer = Worker(broker, worker_threads=threads, worker_timeout=1000)
     consumer.start()
@@ -307,7 +306,7 @@ def scheduler_command(poll_threads: int) -> None:
     if runtime is None:
         return
     if settings.metrics_port:
-        metrics.watch_database(runtime.ctx.session_factory)
+        metrics.watch_database(runtime.store)
         metrics.serve(settings.metrics_port + 1, settings.metrics_host)
     stub = is_stub_url(settings.broker_url)
     publisher: EventPublisher = (
@@ -429,28 +428,28 @@ def health_command() -> None:
     older than a minute waits); otherwise exit 1 with the reasons."""
     settings = _settings()
     from worker.broker import broker_reachable
-    from worker.tracking.outbox import oldest_unpublished_at
+    from worker.store import events
 
     problems: list[str] = []
+    store = Store.connect(settings.database_url)
     try:
-        engine = make_engine(settings.database_url)
-        with make_session_factory(engine)() as session:
-            session.execute(text("SELECT 1"))
-            if not is_up_to_date(settings.database_url):
-                problems.append("database: schema not up to date (run `ibkr-worker migrate`)")
-            else:
-                oldest = oldest_unpublished_at(session)
-                if oldest is not None:
-                    age = (datetime.now(UTC) - oldest).total_seconds()
-                    if age > OUTBOX_MAX_AGE_S:
-                        problems.append(
-                            f"outbox: the oldest unpublished event waits for {age:.0f} s "
-                            "(is a scheduler running?)"
-                        )
-        engine.dispose()
-    except SQLAlchemyError as error:
-        cause = getattr(error, "orig", None) or error  # the driver's own words, without SQL
-        problems.append(f"database: unreachable ({type(error).__name__}: {cause})")
+        if not is_up_to_date(settings.database_url):
+            problems.append("database: schema not up to date (run `ibkr-worker migrate`)")
+            oldest = None
+        else:
+            with store.transaction() as tx:
+                oldest = events.oldest_unpublished_at(tx)
+        if oldest is not None:
+            age = (datetime.now(UTC) - oldest).total_seconds()
+            if age > OUTBOX_MAX_AGE_S:
+                problems.append(
+                    f"outbox: the oldest unpublished event waits for {age:.0f} s "
+                    "(is a scheduler running?)"
+                )
+    except DatabaseError as error:  # the driver's own words, without SQL
+        problems.append(f"database: unreachable ({error})")
+    finally:
+        store.close()
     broker_problem = broker_reachable(settings.broker_url)
     if broker_problem is not None:
         problems.append(f"broker: unreachable ({broker_problem})")
@@ -470,19 +469,17 @@ def replay_command(ids: tuple[int, ...]) -> None:
     from worker.broker import publish_raw
     from worker.tracking.deadletters import letters_to_replay, mark_replayed
 
-    engine = make_engine(settings.database_url)
-    factory = make_session_factory(engine)
+    store = Store.connect(settings.database_url)
     try:
-        with factory.begin() as session:
-            replays = letters_to_replay(session, list(ids))
+        with store.transaction() as tx:
+            replays = letters_to_replay(tx, list(ids))
             # Reset first: a worker may take the message as soon as it is published.
-            mark_replayed(session, replays, datetime.now(UTC))
-            session.flush()
+            mark_replayed(tx, replays, datetime.now(UTC))
             publish_raw(settings.broker_url, [replay.original for replay in replays])
     except (LookupError, ValueError) as error:
         _fail(str(error), 1)
     finally:
-        engine.dispose()
+        store.close()
     for letter_id in ids:
         click.echo(json.dumps({"id": letter_id, "replayed": True}))
 

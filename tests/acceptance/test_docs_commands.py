@@ -46,7 +46,7 @@ import pika
 import pytest
 from click.testing import CliRunner
 
-from models import ClientInstruction, Submission, make_engine, make_session_factory
+from models import ClientInstruction
 from worker.tracking.record import ApiCall, change_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,10 +298,12 @@ def json_lines(stdout: str) -> list[Any]:
 def seed(database_url: str) -> None:
     """The instruction the docs look up, with its trail (through the code that records changes),
     and one dead letter."""
+    from worker.store import Store
+    from worker.store import rows as store_rows
+    from worker.store.ids import allocate
     from worker.tracking.deadletters import record_dead_letter
 
-    engine = make_engine(database_url)
-    factory = make_session_factory(engine)
+    store = Store.connect(database_url)
     body = {
         "instructionType": "INTERNAL_CASH_TRANSFER",
         "instruction": {
@@ -312,8 +314,10 @@ def seed(database_url: str) -> None:
             "currency": "USD",
         },
     }
-    with factory.begin() as session:
-        submission = Submission(
+    with store.transaction() as tx:
+        ids = allocate(tx, {store_rows.Submission: 1, store_rows.ClientInstruction: 1})
+        submission = store_rows.Submission(
+            id=ids[store_rows.Submission][0],
             message_id=SEED_MESSAGE_ID,
             correlation_id=SEED_CORRELATION_ID,
             instruction_type="INTERNAL_CASH_TRANSFER",
@@ -323,9 +327,9 @@ def seed(database_url: str) -> None:
             created_at=T0,
             updated_at=T0,
         )
-        session.add(submission)
-        session.flush()
-        row = ClientInstruction(
+        tx.insert(submission)
+        row = store_rows.ClientInstruction(
+            id=ids[store_rows.ClientInstruction][0],
             client_instruction_id=SEED_ID,
             submission_id=submission.id,
             position=0,
@@ -342,12 +346,12 @@ def seed(database_url: str) -> None:
             created_at=T0,
             updated_at=T0,
         )
-        session.add(row)
-        change_status(session, row, "RECEIVED", reason="stored", actor="worker", now=T0)
-        change_status(session, row, "SUBMITTING", reason="sending", actor="worker", now=T0)
+        tx.insert(row)
+        change_status(tx, row, "RECEIVED", reason="stored", actor="worker", now=T0)
+        change_status(tx, row, "SUBMITTING", reason="sending", actor="worker", now=T0)
         row.instruction_id, row.instruction_set_id = 45123654, 1703
         change_status(
-            session,
+            tx,
             row,
             "PENDING",
             reason="IBKR answered 202",
@@ -357,7 +361,7 @@ def seed(database_url: str) -> None:
         )
         row.poll_count = 1
         change_status(
-            session,
+            tx,
             row,
             "PROCESSED",
             reason="IBKR reports PROCESSED",
@@ -365,8 +369,8 @@ def seed(database_url: str) -> None:
             now=T0 + timedelta(seconds=7),
             api=ApiCall("GET", "/gw/api/v1/client-instructions/{clientInstructionId}", 200, 84.2),
         )
-    record_dead_letter(factory, body=b"not json at all", reason="not a dramatiq message", now=T0)
-    engine.dispose()
+    record_dead_letter(store, body=b"not json at all", reason="not a dramatiq message", now=T0)
+    store.close()
 
 
 def libpq_url(sqlalchemy_url: str) -> str:
@@ -479,9 +483,9 @@ def test_every_json_example_is_accepted_by_submit(tmp_path: Path) -> None:
 
 
 def test_the_event_and_state_examples_have_exactly_the_keys_the_code_emits() -> None:
-    from models.views import tracked_state
     from worker.audit import audit_event_json
     from worker.tracking.record import outbox_values
+    from worker.tracking.state import tracked_state
 
     row = ClientInstruction(
         client_instruction_id=1,
@@ -605,15 +609,16 @@ def test_the_configuration_table_is_the_code_s() -> None:
 
 def test_the_metrics_named_in_operating_md_are_the_ones_served(sqlite_url: str) -> None:
     from worker.metrics import Metrics
+    from worker.store import Store
 
     metrics = Metrics()
-    engine = make_engine(sqlite_url)
-    metrics.watch_database(make_session_factory(engine))
+    store = Store.connect(sqlite_url)
+    metrics.watch_database(store)
     served = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in metrics.registry.collect()
     }
-    engine.dispose()
+    store.close()
     text = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     table = set(re.findall(r"^\| `(ibkr_[a-z_]+)", section, flags=re.M))

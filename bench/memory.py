@@ -30,7 +30,7 @@ from bench.common import (
     wait_for,
     worker_env,
 )
-from bench.throughput import transfer
+from bench.runs import transfer
 
 TRAFFIC = 2000
 TRAFFIC_FIRST_ID = 4_000_000_001

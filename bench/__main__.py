@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, targets
 from bench.common import Services, log
 
 ALL = ("throughput", "drain", "limiter", "polling", "memory", "audit")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     services = Services(args.database_url, args.broker_url)
     log_root = Path(tempfile.mkdtemp(prefix="ibkr-bench-"))
     log(f"logs and raw profiles under {log_root}")
-    results: dict[str, Any] = {"machine": report.machine(), "started_at": time.time()}
+    results: dict[str, Any] = {"machine": targets.machine(), "started_at": time.time()}
     for name in args.only:
         started = time.monotonic()
         try:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} failed: {type(error).__name__}: {error}")
             results[name] = {"error": f"{type(error).__name__}: {error}"}
         results[name]["wall_s"] = round(time.monotonic() - started, 1)
-    results["targets"] = report.targets(results)
+    results["targets"] = targets.targets(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report.markdown(results))

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from models import ClientInstruction
 from worker.audit import audit_trail
 from worker.broker import build_message, is_stub_url, make_broker
@@ -33,7 +34,6 @@ from worker.ibkr.keygen import generate_key_pair
 from worker.ibkr.signing import load_private_key
 from worker.migrate import upgrade_to_head
 from worker.runtime import Runtime, build_runtime
-from worker.sandbox import Sandbox, SandboxConfig
 from worker.scheduler import Scheduler
 
 DEMO_CLIENT_ID = "demo-advisor"

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from worker import jsontext
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.ibkr.client import HTTP_LIMITS, IbkrClient
 from worker.ibkr.requests import build_body, parse_request
 from worker.ibkr.responses import Outcome, parse_response
-from worker.sandbox import Sandbox, SandboxConfig
 
 CLIENT_ID, KEY_ID = "acme", "main"
 _ids = itertools.count(5_000_000)

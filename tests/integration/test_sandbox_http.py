@@ -24,8 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.sandbox_support import SandboxClient, ict, public_pem
-from worker.sandbox import Sandbox, SandboxConfig
+from ibkr_sandbox import Sandbox, SandboxConfig
+from tests.sandbox.support import SandboxClient, ict, public_pem
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.sandbox_support import GW, ict, in_process
-from worker.sandbox.app import Request
-from worker.sandbox.gateway import Arrivals, RateLimiter, max_in_window
+from ibkr_sandbox.app import Request
+from ibkr_sandbox.gateway import Arrivals, RateLimiter, max_in_window
+from tests.sandbox.support import GW, ict, in_process
 
 TOKEN = "POST /oauth2/api/v1/token"
 STATUS_GET = "GET /gw/api/v1/client-instructions/{clientInstructionId}"

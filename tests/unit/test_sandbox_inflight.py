@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox_support import SandboxClient, ict, in_process
+from tests.sandbox.support import SandboxClient, ict, in_process
 
 POST = "POST /gw/api/v1/internal-cash-transfers"
 HOLD_S = 0.4

@@ -9,7 +9,7 @@ in-process through an httpx transport.
     sandbox.stop()
 """
 
-from worker.sandbox.config import SandboxConfig, Timings
-from worker.sandbox.server import Sandbox, SandboxTransport
+from ibkr_sandbox.config import SandboxConfig, Timings
+from ibkr_sandbox.server import Sandbox, SandboxTransport
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxTransport", "Timings"]

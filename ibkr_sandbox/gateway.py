@@ -12,8 +12,8 @@ from collections import Counter, defaultdict, deque
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from ibkr_sandbox.clock import VirtualClock
 from worker.ibkr.calendar import downtime_end
-from worker.sandbox.clock import VirtualClock
 
 #: A nanosecond: float slack when comparing a stamp with a window's edge.
 _SLACK_S = 1e-9

@@ -15,10 +15,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from worker import jsontext
-from worker.ibkr import ids
-from worker.sandbox import fixtures
-from worker.sandbox.auth import (
+from ibkr_sandbox import fixtures
+from ibkr_sandbox.auth import (
     SIGNED_JWT_POLICY_MESSAGE,
     TOKEN_PATH,
     AccessToken,
@@ -26,9 +24,9 @@ from worker.sandbox.auth import (
     Authority,
     parse_compact_jws,
 )
-from worker.sandbox.clock import VirtualClock
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.gateway import (
+from ibkr_sandbox.clock import VirtualClock
+from ibkr_sandbox.config import SandboxConfig
+from ibkr_sandbox.gateway import (
     FAULT_HOLDS,
     FAULT_RATES,
     Arrival,
@@ -40,13 +38,15 @@ from worker.sandbox.gateway import (
     quirk_body,
     retry_after_header,
 )
-from worker.sandbox.ledger import Ledger, QueryThrottled
-from worker.sandbox.schemas import (
+from ibkr_sandbox.ledger import Ledger, QueryThrottled
+from ibkr_sandbox.schemas import (
     NOT_AN_OBJECT,
     RequestInvalid,
     ValidatedRequest,
     validate_request,
 )
+from worker import jsontext
+from worker.ibkr import ids
 
 GW = "/gw/api/v1"
 GW_V2 = "/gw/api/v2"

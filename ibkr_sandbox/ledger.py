@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ibkr_sandbox import fixtures
+from ibkr_sandbox.auth import RegisteredClient
+from ibkr_sandbox.clock import VirtualClock
+from ibkr_sandbox.config import DuplicateBehaviour, SandboxConfig
+from ibkr_sandbox.schemas import ValidatedRequest
 from worker.ibkr.calendar import EASTERN
-from worker.sandbox import fixtures
-from worker.sandbox.auth import RegisteredClient
-from worker.sandbox.clock import VirtualClock
-from worker.sandbox.config import DuplicateBehaviour, SandboxConfig
-from worker.sandbox.schemas import ValidatedRequest
 
 PENDING, PENDING_VERIFICATION = "PENDING", "PENDING_VERIFICATION"
 PROCESSED, REJECTED = "PROCESSED", "REJECTED"

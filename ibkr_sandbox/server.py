@@ -20,11 +20,11 @@ from typing import Any, Literal
 import httpx
 import structlog
 
-from worker.sandbox.app import Request, Response, SandboxApp, problem
-from worker.sandbox.auth import Authority, RegisteredClient
-from worker.sandbox.clock import VirtualClock
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.gateway import (
+from ibkr_sandbox.app import Request, Response, SandboxApp, problem
+from ibkr_sandbox.auth import Authority, RegisteredClient
+from ibkr_sandbox.clock import VirtualClock
+from ibkr_sandbox.config import SandboxConfig
+from ibkr_sandbox.gateway import (
     Arrival,
     Arrivals,
     Downtime,
@@ -33,7 +33,7 @@ from worker.sandbox.gateway import (
     Stats,
     quirk_body,
 )
-from worker.sandbox.ledger import Instruction, Ledger
+from ibkr_sandbox.ledger import Instruction, Ledger
 
 log = structlog.get_logger(__name__)
 

@@ -579,11 +579,7 @@ class Sandbox:
 
     def instruction(self, client_or_instruction_id: int) -> dict[str, Any]:
         """The current instructionResult of an instruction (by either id)."""
-        found = self.ledger.find(client_or_instruction_id)
-        if found is None:
-            raise KeyError(f"no instruction with id {client_or_instruction_id}")
-        with self.ledger.lock:
-            return self.ledger.result(found)
+        return self.ledger.result_of(client_or_instruction_id)
 
     # --- callbacks ------------------------------------------------------------------------
 

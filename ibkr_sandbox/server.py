@@ -5,23 +5,19 @@ httpx transport for in-process use, and exposes the admin operations as methods.
 from __future__ import annotations
 
 import contextlib
-import queue
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-import httpx
 import structlog
 
-from ibkr_sandbox.app import Request, Response, SandboxApp, problem
+from ibkr_sandbox.app import SandboxApp
 from ibkr_sandbox.auth import Authority, RegisteredClient
+from ibkr_sandbox.callbacks import Callbacks
 from ibkr_sandbox.clock import VirtualClock
 from ibkr_sandbox.config import SandboxConfig
 from ibkr_sandbox.gateway import (
@@ -34,6 +30,8 @@ from ibkr_sandbox.gateway import (
     quirk_body,
 )
 from ibkr_sandbox.ledger import Instruction, Ledger
+from ibkr_sandbox.messages import Request, Response, refusal_before_body
+from ibkr_sandbox.transport import SandboxTransport
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         app = self.server.app
         headers = {name.lower(): value for name, value in self.headers.items()}
-        early = self._refusal(app.config.max_body_bytes)
+        early = refusal_before_body(headers, app.config.max_body_bytes)
         if early is not None:
             # Refused before reading the body; IBKR would still have counted the request.
             app.count_arrival(
@@ -107,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             method, self.path, headers, body, self.client_address[0], self.received_at
         )
         response = app.handle(request)
-        if response.hold_s > 0 or response.complete is not None:
+        if response.held:
             # Held in flight, or its answer held back: this handler simply waits, as a slow
             # backend would; the client has usually given up by the time the answer goes out.
             finished = self.server.finish_held(response)
@@ -122,19 +120,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         self._write(response, close=response.close)
-
-    def _refusal(self, max_body_bytes: int) -> Response | None:
-        """The answer to a request refused before its body is read, or None."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return problem(411, "Send a Content-Length")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            return problem(400, "Bad Content-Length")
-        if length > max_body_bytes:
-            # The unread body makes the connection unusable: it closes after the answer.
-            return problem(413, "Request body exceeds the 20 MB limit")
-        return None
 
     def _write(self, response: Response, *, close: bool = False) -> None:
         if close:
@@ -202,116 +187,6 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
-class SandboxTransport(httpx.BaseTransport):
-    """An httpx transport answering from the sandbox in-process (no socket). A lost response
-    raises `httpx.RemoteProtocolError`, as a closed connection does. A POST held in flight
-    registers on a timer thread once its hold ends; the caller waits at most `read_timeout_s`
-    real seconds for a held or delayed answer (None: the request's own httpx read timeout)
-    and otherwise gets `httpx.ReadTimeout`, as a caller over a socket would."""
-
-    def __init__(
-        self,
-        sandbox: Sandbox,
-        *,
-        client_host: str = "127.0.0.1",
-        read_timeout_s: float | None = 0.0,
-    ) -> None:
-        self._sandbox = sandbox
-        self._client_host = client_host
-        self._read_timeout_s = read_timeout_s
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        received_at = time.time()
-        body = request.read()
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        target = request.url.raw_path.decode("ascii")
-        answer = self._sandbox.app.handle(
-            Request(request.method, target, headers, body, self._client_host, received_at)
-        )
-        if answer.hold_s > 0 or answer.complete is not None:
-            answer = self._wait_for_held(answer, request)
-        if answer.drop:
-            raise httpx.RemoteProtocolError(
-                "Server disconnected without sending a response.", request=request
-            )
-        response_headers = {"Content-Type": answer.content_type, **answer.headers}
-        return httpx.Response(
-            answer.status, headers=response_headers, content=answer.body, request=request
-        )
-
-    def _wait_for_held(self, answer: Response, request: httpx.Request) -> Response:
-        patience_s = self._read_timeout_s
-        if patience_s is None:
-            timeouts = request.extensions.get("timeout", {})
-            patience_s = timeouts.get("read") if isinstance(timeouts, dict) else None
-        finished: Future[Response | None] = Future()
-
-        def run() -> None:
-            try:
-                finished.set_result(self._sandbox._finish_held(answer))
-            except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
-                finished.set_exception(error)
-
-        threading.Thread(target=run, name="sandbox-held-request", daemon=True).start()
-        wait_s = None if patience_s is None or answer.hold_s <= patience_s else patience_s
-        try:
-            result = finished.result(timeout=wait_s)
-        except FutureTimeout:
-            # The caller gave up; the held request still registers when its hold ends.
-            raise httpx.ReadTimeout(
-                f"No answer within {patience_s:g} s (the sandbox holds this request "
-                f"{answer.hold_s:g} s).",
-                request=request,
-            ) from None
-        if result is None:
-            raise httpx.RemoteProtocolError(
-                "The sandbox stopped while holding the request.", request=request
-            )
-        return result
-
-
-class _Callbacks:
-    """Posts every status change, signed with the sandbox key, to the configured URL, in order,
-    from one background thread (reference §7.4)."""
-
-    def __init__(self, url: str, authority: Authority) -> None:
-        self.url = url
-        self._authority = authority
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.sent = 0
-        self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="sandbox-callbacks", daemon=True)
-        self._thread.start()
-
-    def put(self, envelope: dict[str, Any]) -> None:
-        self._queue.put(envelope)
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while True:
-            envelope = self._queue.get()
-            if envelope is None:
-                return
-            now = int(time.time())
-            token = self._authority.sign(
-                {**envelope, "iss": "/token", "iat": now, "exp": now + 300}
-            )
-            request = urllib.request.Request(  # noqa: S310 - the operator configures the URL
-                self.url,
-                data=token.encode("ascii"),
-                headers={"Content-Type": "application/jwt"},
-                method="POST",
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5):  # noqa: S310
-                    self.sent += 1
-            except OSError as error:
-                self.failed += 1
-                log.warning("sandbox callback failed", url=self.url, error=str(error))
-
-
 class Sandbox:
     """The bundled IBKR Funds & Banking simulator (reference §10)."""
 
@@ -320,7 +195,7 @@ class Sandbox:
         self.clock = VirtualClock(speed=self.config.speed, start=self.config.start_time)
         self.authority = Authority(self.config, self.clock)
         self._callbacks = (
-            _Callbacks(self.config.callback_url, self.authority)
+            Callbacks(self.config.callback_url, self.authority)
             if self.config.callback_url
             else None
         )
@@ -361,7 +236,7 @@ class Sandbox:
             (self.config.host, self.config.port),
             self.app,
             self._connection_opened,
-            self._finish_held,
+            self.finish_held,
         )
         serve = threading.Thread(
             target=self._server.serve_forever,
@@ -439,14 +314,12 @@ class Sandbox:
         )
         return SandboxTransport(self, client_host=client_host, read_timeout_s=patience_s)
 
-    def _finish_held(self, response: Response) -> Response | None:
+    def finish_held(self, response: Response) -> Response | None:
         """Wait out `response.hold_s` (real seconds), then produce the answer (a POST held in
         flight registers now). None when the sandbox stopped meanwhile: nothing registers."""
         if response.hold_s > 0 and self._stopping.wait(response.hold_s):
             return None
-        if response.complete is not None:
-            return response.complete()
-        return response
+        return response.finish()
 
     # --- clients --------------------------------------------------------------------------
 

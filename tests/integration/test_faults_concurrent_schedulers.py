@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ibkr_sandbox.app import Request, Response
 from ibkr_sandbox.config import Timings
+from ibkr_sandbox.messages import Request, Response
 from tests.integration.pipeline import WORST_IBKR, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]

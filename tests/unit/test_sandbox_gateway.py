@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ibkr_sandbox.app import is_loopback
 from ibkr_sandbox.gateway import RateLimiter
+from ibkr_sandbox.messages import is_loopback
 from tests.sandbox.support import SandboxClient, ict, in_process
 
 Env = tuple[Any, SandboxClient]

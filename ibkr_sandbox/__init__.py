@@ -1,5 +1,5 @@
-"""The bundled IBKR Funds & Banking simulator (reference §10): a real HTTP server, also
-usable in-process through an httpx transport.
+"""The bundled IBKR Funds & Banking simulator (reference §10): a real HTTP server (Starlette on
+uvicorn), also usable in-process through an httpx transport.
 
     sandbox = Sandbox(SandboxConfig(port=0, speed=1.0, seed=7))
     sandbox.register_client(client_id="acme", key_id="main", public_key_pem=pem)

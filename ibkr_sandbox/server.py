@@ -1,21 +1,24 @@
 """The sandbox as a running thing: `Sandbox` ties the clock, ledger, authority and gateway
-together, serves them over HTTP/1.1 keep-alive (standard library `ThreadingHTTPServer`), offers an
-httpx transport for in-process use, and exposes the admin operations as methods."""
+together, serves them over HTTP/1.1 keep-alive (Starlette on uvicorn, see `ibkr_sandbox.asgi`
+and `worker.http_server`), offers an httpx transport for in-process use, and exposes the admin
+operations as methods.
+
+Threads: the HTTP server's event loop (requests), a ticker (what fell due on the virtual
+clock), the callback sender when callbacks are on, and whoever calls the methods here (tests,
+the demo). The ledger's lock orders their work on the books; each gateway part (limiter,
+faults, statistics) has a lock of its own."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 import structlog
 
 from ibkr_sandbox.app import SandboxApp
+from ibkr_sandbox.asgi import Connections, SandboxHttp
 from ibkr_sandbox.auth import Authority, RegisteredClient
 from ibkr_sandbox.callbacks import Callbacks
 from ibkr_sandbox.clock import VirtualClock
@@ -30,161 +33,19 @@ from ibkr_sandbox.gateway import (
     quirk_body,
 )
 from ibkr_sandbox.ledger import Instruction, Ledger
-from ibkr_sandbox.messages import Request, Response, refusal_before_body
+from ibkr_sandbox.messages import Response
 from ibkr_sandbox.transport import SandboxTransport
+from worker.http_server import BackgroundServer
 
 log = structlog.get_logger(__name__)
 
 #: How often (real seconds) the background ticker applies due state changes.
 TICK_S = 0.05
-_HTTP_REASONS = {
-    200: "OK",
-    201: "Created",
-    202: "Accepted",
-    207: "Multi-Status",
-    208: "Already Reported",
-}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One connection; requests on it are answered in order (keep-alive)."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in one write; Nagle would otherwise hold the body back.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.request, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.request, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the sandbox keeps statistics instead of an access log."""
-
-    def parse_request(self) -> bool:
-        # The request line has just been read: this is when IBKR would count the request,
-        # before its headers and body are read and before any processing.
-        self.received_at = time.time()
-        return super().parse_request()
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        app = self.server.app
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        early = refusal_before_body(headers, app.config.max_body_bytes)
-        if early is not None:
-            # Refused before reading the body; IBKR would still have counted the request.
-            app.count_arrival(
-                Request(method, self.path, headers, b"", self.client_address[0], self.received_at)
-            )
-            self._write(early, close=True)
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        request = Request(
-            method, self.path, headers, body, self.client_address[0], self.received_at
-        )
-        response = app.handle(request)
-        if response.held:
-            # Held in flight, or its answer held back: this handler simply waits, as a slow
-            # backend would; the client has usually given up by the time the answer goes out.
-            finished = self.server.finish_held(response)
-            if finished is None:
-                self.close_connection = True
-                return
-            response = finished
-        if response.drop:
-            # The request was applied; its answer is lost with the connection.
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self._write(response, close=response.close)
-
-    def _write(self, response: Response, *, close: bool = False) -> None:
-        if close:
-            self.close_connection = True
-        reason = (
-            _HTTP_REASONS.get(response.status)
-            or self.responses.get(response.status, ("Unknown",))[0]
-        )
-        lines = [
-            f"HTTP/1.1 {response.status} {reason}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-        ]
-        lines.extend(f"{name}: {value}" for name, value in response.headers.items())
-        if self.close_connection:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        try:
-            self.wfile.write(head + response.body)
-        except OSError:
-            # The client went away (a timed-out caller of a held request, typically): the
-            # answer is lost, as it would be at IBKR; nothing to report.
-            self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        app: SandboxApp,
-        on_open: Callable[[], None],
-        finish_held: Callable[[Response], Response | None],
-    ) -> None:
-        self.app = app
-        self._on_open = on_open
-        self.finish_held = finish_held
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def track(self, connection: socket.socket, *, add: bool) -> None:
-        if add:
-            self._on_open()
-        with self._connections_lock:
-            if add:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def open_connections(self) -> int:
-        """How many connections a handler is serving now."""
-        with self._connections_lock:
-            return len(self._connections)
-
-    def close_connections(self) -> None:
-        """Cut keep-alive connections so no handler thread serves after stop."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+#: Idle keep-alive connections stay open this long (seconds): clients close theirs first, so
+#: a request never meets a connection the server is closing.
+KEEP_ALIVE_S = 3600
+#: How long stop() lets requests in progress finish (holds end at once when stopping).
+GRACEFUL_S = 2
 
 
 class Sandbox:
@@ -219,49 +80,46 @@ class Sandbox:
         self.request_stats = Stats()
         self.arrival_log = Arrivals()
         self.app = SandboxApp(self)
-        self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
+        self._connections = Connections()
+        self._http: SandboxHttp | None = None
+        self._server: BackgroundServer | None = None
+        self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._connections_opened = 0
-        self._opened_lock = threading.Lock()
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> Sandbox:
-        """Serve in background threads; port 0 picks a free port. Returns self."""
+        """Serve in the background; port 0 picks a free port. Returns self."""
         if self._server is not None:
             raise RuntimeError("the sandbox is already running")
         self._stopping.clear()
-        self._server = _Server(
-            (self.config.host, self.config.port),
-            self.app,
-            self._connection_opened,
-            self.finish_held,
-        )
-        serve = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+        self._http = SandboxHttp(lambda: self.app, self._connections)
+        self._server = BackgroundServer(
+            self._http.asgi,
+            host=self.config.host,
+            port=self.config.port,
             name="sandbox-http",
-            daemon=True,
-        )
-        tick = threading.Thread(target=self._tick, name="sandbox-ticker", daemon=True)
-        self._threads = [serve, tick]
-        for thread in self._threads:
-            thread.start()
+            keep_alive_s=KEEP_ALIVE_S,
+            graceful_s=GRACEFUL_S,
+            connections=self._connections,
+            stamp_arrivals=True,
+        ).start()
+        self._ticker = threading.Thread(target=self._tick, name="sandbox-ticker", daemon=True)
+        self._ticker.start()
         log.info("sandbox started", base_url=self.base_url)
         return self
 
     def stop(self) -> None:
-        """Stop serving and close open connections (idempotent)."""
+        """Stop serving and close open connections; held requests end unanswered and
+        unregistered (idempotent)."""
         self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
+        server, http, self._server, self._http = self._server, self._http, None, None
+        if server is not None and http is not None:
+            server.call_soon(http.stopping)
+            server.stop()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
         if self._callbacks is not None:
             self._callbacks.close()
 
@@ -280,7 +138,7 @@ class Sandbox:
         """The port being served (after start)."""
         if self._server is None:
             raise RuntimeError("the sandbox is not running; call start() first")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def base_url(self) -> str:
@@ -315,8 +173,9 @@ class Sandbox:
         return SandboxTransport(self, client_host=client_host, read_timeout_s=patience_s)
 
     def finish_held(self, response: Response) -> Response | None:
-        """Wait out `response.hold_s` (real seconds), then produce the answer (a POST held in
-        flight registers now). None when the sandbox stopped meanwhile: nothing registers."""
+        """For the in-process transport: wait out `response.hold_s` (real seconds) on this
+        thread, then produce the answer (a POST held in flight registers now). None when the
+        sandbox stopped meanwhile: nothing registers."""
         if response.hold_s > 0 and self._stopping.wait(response.hold_s):
             return None
         return response.finish()
@@ -375,10 +234,8 @@ class Sandbox:
         request as IBKR would, on receipt (see `Arrivals.snapshot`: total, exact
         `maxPerEndpointPerSecond` and `maxPerClientPerMinute`)."""
         body = self.request_stats.snapshot(include_requests=include_requests)
-        with self._opened_lock:
-            body["connectionsOpened"] = self._connections_opened
-        server = self._server
-        body["connectionsOpen"] = server.open_connections() if server is not None else 0
+        body["connectionsOpened"] = self._connections.opened_count
+        body["connectionsOpen"] = self._connections.open_count
         body["arrivals"] = self.arrival_log.snapshot()
         return body
 
@@ -386,10 +243,6 @@ class Sandbox:
         """Every request's receipt stamp (real POSIX seconds), claimed client and endpoint,
         in the order they were recorded; the admin API's own requests are not counted."""
         return self.arrival_log.list()
-
-    def _connection_opened(self) -> None:
-        with self._opened_lock:
-            self._connections_opened += 1
 
     def set_faults(
         self,

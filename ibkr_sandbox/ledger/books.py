@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from ibkr_sandbox import fixtures
-from ibkr_sandbox.ledger.records import REJECTED, Instruction
+from ibkr_sandbox.ledger.records import PENDING, REJECTED, Instruction
 
 
 class Books:
@@ -70,6 +70,39 @@ class Books:
 
     def save(self, saved: fixtures.SavedBankInstruction) -> None:
         self.bank_instructions.append(saved)
+
+    def save_ach(self, instruction: Instruction) -> None:
+        """Save the bank instruction an ACH instruction creates, PENDING its verification."""
+        item = instruction.request
+        self.save(
+            fixtures.SavedBankInstruction(
+                account_id=str(item["accountId"]),
+                name=str(item["bankInstructionName"]),
+                method="ACH",
+                currency=str(item["currency"]),
+                status=PENDING,
+                routing_number=str(item["clientAccountInfo"]["bankRoutingNumber"]),
+                account_number=str(item["clientAccountInfo"]["bankAccountNumber"]),
+                instruction_id=instruction.instruction_id,
+            )
+        )
+
+    def save_destination(self, instruction: Instruction) -> None:
+        """Save the bank instruction a predefined-destination or eDDA instruction creates."""
+        item = instruction.request
+        self.save(
+            fixtures.SavedBankInstruction(
+                account_id=str(item["accountId"]),
+                name=str(item["bankInstructionName"]),
+                method=str(item.get("bankInstructionMethod", "eDDA")),
+                currency=str(item["currency"]),
+                account_number=str(
+                    item.get("bankAccountNumber")
+                    or item.get("financialInstitution", {}).get("clientAccountId", "")
+                ),
+                instruction_id=instruction.instruction_id,
+            )
+        )
 
     def forget(self, saved: fixtures.SavedBankInstruction | None) -> None:
         """Remove a saved bank instruction (nothing when None)."""

@@ -27,7 +27,6 @@ from ibkr_sandbox.ledger.records import (
     INSTRUCTION_CANCELLED,
     INVALID_PENDING_INSTRUCTION,
     MICRO_AMOUNTS_MISMATCH,
-    PENDING,
     PENDING_VERIFICATION,
     PROCESSED,
     REJECTED,
@@ -211,7 +210,7 @@ class Lifecycle:
             else:
                 self.schedule(instruction, max(now + timings.withdrawal_s, scheduled or now))
         elif kind == "ACH_INSTRUCTION":
-            self._save_ach(instruction)
+            self.books.save_ach(instruction)
             delay = fixtures.ach_delay_s(
                 self.config.seed, instruction.instruction_id, timings.ach_min_s, timings.ach_max_s
             )
@@ -274,21 +273,6 @@ class Lifecycle:
             self.records.give_reference(instruction)
             self.books.remember_recurring(instruction)
 
-    def _save_ach(self, instruction: Instruction) -> None:
-        item = instruction.request
-        self.books.save(
-            fixtures.SavedBankInstruction(
-                account_id=str(item["accountId"]),
-                name=str(item["bankInstructionName"]),
-                method="ACH",
-                currency=str(item["currency"]),
-                status=PENDING,
-                routing_number=str(item["clientAccountInfo"]["bankRoutingNumber"]),
-                account_number=str(item["clientAccountInfo"]["bankAccountNumber"]),
-                instruction_id=instruction.instruction_id,
-            )
-        )
-
     def _query_result(self, instruction: Instruction) -> dict[str, Any]:
         return rendering.query_result(instruction, self.books, self.records, self.clock.timestamp())
 
@@ -324,19 +308,7 @@ class Lifecycle:
             self.books.forget(self.books.saved(account_id, name, item["bankInstructionMethod"]))
             self._done(instruction, now, reference=False)
         elif kind in ("PREDEFINED_DESTINATION_INSTRUCTION", "EDDA_INSTRUCTION"):
-            self.books.save(
-                fixtures.SavedBankInstruction(
-                    account_id=str(item["accountId"]),
-                    name=str(item["bankInstructionName"]),
-                    method=str(item.get("bankInstructionMethod", "eDDA")),
-                    currency=str(item["currency"]),
-                    account_number=str(
-                        item.get("bankAccountNumber")
-                        or item.get("financialInstitution", {}).get("clientAccountId", "")
-                    ),
-                    instruction_id=instruction.instruction_id,
-                )
-            )
+            self.books.save_destination(instruction)
             self._done(instruction, now, reference=False)
         elif kind in ("QUERY_RECENT_INSTRUCTIONS", "QUERY_IRA_CONTRIBUTIONS"):
             instruction.extra.pop("code", None)

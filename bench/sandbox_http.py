@@ -36,13 +36,11 @@ POST_PATH = "/gw/api/v1/internal-cash-transfers"
 
 def _token(http: httpx.Client, key: Any) -> str:
     now = int(time.time())
+    claims: dict[str, Any] = {"iss": common.CLIENT_ID, "sub": common.CLIENT_ID, "aud": "/token"}
+    claims.update(iat=now - 5, exp=now + 60)
     assertion = jwt.encode(
-        {"iss": common.CLIENT_ID, "sub": common.CLIENT_ID, "aud": "/token", "iat": now - 5,
-         "exp": now + 60},
-        key,
-        algorithm="RS256",
-        headers={"kid": common.KEY_ID, "typ": "JWT"},
-    )  # fmt: skip
+        claims, key, algorithm="RS256", headers={"kid": common.KEY_ID, "typ": "JWT"}
+    )
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": ASSERTION_TYPE,
@@ -82,7 +80,9 @@ def _signed_bodies(key: Any, first_cid: int, n: int) -> list[bytes]:
     return bodies
 
 
-def _round(base_url: str, pid: int, key: Any, first_cid: int, posts: int, threads: int) -> dict:
+def _round(
+    base_url: str, pid: int, key: Any, first_cid: int, posts: int, threads: int
+) -> dict[str, float]:
     limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
     with httpx.Client(base_url=base_url, limits=limits, timeout=30) as http:
         token = _token(http, key)
@@ -136,11 +136,12 @@ def main() -> None:
         try:
             sandbox = common.start_sandbox(processes, public_path, {"rate_limits": False})
             pid = processes.running["sandbox"].pid
-            rounds = [
-                _round(sandbox.base_url, pid, key, 1 + n * (args.posts + 1), args.posts,
-                       args.threads)
-                for n in range(args.rounds)
-            ]  # fmt: skip
+            rounds: list[dict[str, float]] = []
+            for n in range(args.rounds):
+                first_cid = 1 + n * (args.posts + 1)
+                rounds.append(
+                    _round(sandbox.base_url, pid, key, first_cid, args.posts, args.threads)
+                )
         finally:
             processes.stop_all()
     for name in ("requests_per_s", "cpu_ms_per_request"):

@@ -14,7 +14,8 @@ _SLACK_S = 1e-9
 
 class _Stamps:
     """The sorted receipt stamps (real POSIX seconds) of one limiter key. Stamps are taken on
-    receipt in many threads and admitted a little later, so one may come in after a later one:
+    receipt and admitted a little later (after requests read before them, or from callers of
+    the in-process transport on other threads), so one may come in after a later one:
     insertion keeps the order, and the checks look at every window the new stamp falls in."""
 
     def __init__(self) -> None:

@@ -29,7 +29,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy worker models
+	$(BIN)/mypy worker models ibkr_sandbox
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .

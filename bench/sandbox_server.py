@@ -15,8 +15,8 @@ import threading
 from decimal import Decimal
 from pathlib import Path
 
-from worker.sandbox import Sandbox, SandboxConfig
-from worker.sandbox.config import Timings
+from ibkr_sandbox import Sandbox, SandboxConfig
+from ibkr_sandbox.config import Timings
 
 
 def main() -> None:

@@ -65,8 +65,8 @@ cli_queries.dead_letters.add_command(cli_ops.replay_command)
 
 
 def _add_sandbox_command() -> None:
-    # worker.sandbox.cli imports only click at module level; the simulator loads when it runs.
-    from worker.sandbox.cli import sandbox
+    # ibkr_sandbox.cli imports only click at module level; the simulator loads when it runs.
+    from ibkr_sandbox.cli import sandbox
 
     cli.add_command(sandbox)
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from worker.audit import audit_trail
 from worker.broker import build_message, is_stub_url, make_broker
 from worker.config import PollOverrides, Settings
@@ -30,7 +31,6 @@ from worker.ibkr.endpoints import endpoint_for
 from worker.ibkr.keygen import generate_key_pair
 from worker.ibkr.signing import load_private_key
 from worker.runtime import Runtime, build_runtime
-from worker.sandbox import Sandbox, SandboxConfig
 from worker.scheduler import Scheduler
 from worker.status import FINAL, Status
 from worker.store import events, queries

@@ -2,7 +2,8 @@
 
 Counters and histograms are fed by the tracking observer; the state gauges (instructions by
 status, overdue, oldest pending age, dead letters, outbox backlog) are read from the database
-when scraped, at most every few seconds.
+when scraped, at most every few seconds. `/metrics` is served by a small Starlette app on
+uvicorn in a background thread (`worker.http_server`, the stack every HTTP surface here uses).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.routing import Route
 
+from worker.http_server import BackgroundServer
 from worker.ibkr.endpoints import INSTRUCTION_TYPES
 from worker.ibkr.responses import ApiResult, Outcome
 from worker.redaction import redact_label
@@ -104,10 +108,29 @@ class Metrics:
         """Add the state gauges read from the database."""
         self.registry.register(_StateCollector(store, max_age_s))
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+    def serve(self, port: int, host: str = "127.0.0.1") -> BackgroundServer:
         """Serve `/metrics` on `host:port` from a daemon thread (`host` from METRICS_HOST:
-        loopback unless the operator opens it)."""
-        start_http_server(port, addr=host, registry=self.registry)
+        loopback unless the operator opens it); a port in use raises OSError here. Returns
+        the server (`stop()` ends it; the process may also just exit)."""
+        return BackgroundServer(
+            metrics_app(self.registry), host=host, port=port, name="metrics-http"
+        ).start()
+
+
+class _Exposition:
+    """prometheus_client's own ASGI exposition (text or OpenMetrics as the scraper accepts,
+    gzip when asked), as a Starlette route's app."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
+def metrics_app(registry: CollectorRegistry) -> Starlette:
+    """The metrics HTTP app: `GET /metrics` (any other path answers 404)."""
+    return Starlette(routes=[Route("/metrics", _Exposition(registry), methods=["GET"])])
 
 
 class _StateCollector:

@@ -883,8 +883,8 @@ def wait_for(
 def test_broker_commands_run_through_the_pipeline(
     empty_pg_url: str, fresh_amqp_url: str, rsa_key_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from ibkr_sandbox import Timings
     from tests.integration.pipeline import Pipeline, make_sandbox
-    from worker.sandbox import Timings
 
     private_key, public_key = rsa_key_files
     logs = tmp_path / "logs"

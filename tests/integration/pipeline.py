@@ -18,9 +18,9 @@ from typing import Any
 import pika
 from sqlalchemy import create_engine, select, text
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from models import ClientInstruction
 from worker.broker import build_message, make_broker
-from worker.sandbox import Sandbox, SandboxConfig
 
 BIN = Path(sys.executable).parent
 FINAL = frozenset({"PROCESSED", "REJECTED", "FAILED", "CONFLICT"})

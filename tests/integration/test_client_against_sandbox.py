@@ -16,13 +16,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from worker import jsontext
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.ibkr.client import HTTP_LIMITS, IbkrClient
 from worker.ibkr.requests import build_body, parse_request
 from worker.ibkr.responses import Outcome, parse_response
-from worker.sandbox import Sandbox, SandboxConfig
 
 CLIENT_ID, KEY_ID = "acme", "main"
 _ids = itertools.count(5_000_000)
@@ -482,17 +482,18 @@ def test_load_from_eight_threads_stays_within_ten_per_second_per_endpoint(
 def test_a_busy_client_keeps_its_connections_alive(
     start_sandbox: SandboxFactory, rsa_private_key: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Slow answers (the sleep releases the GIL) keep more requests in flight than the pool
-    # holds connections, as under a busy worker. Every connection the pool opens must be kept
-    # and reused: a pool that keeps fewer alive than it opens reconnects every few requests,
-    # and its closes can hit a connection a waiting request was just given (a POST that then
-    # hangs until its read timeout).
+    # Slow answers (each held back 20 ms, the others served meanwhile) keep more requests in
+    # flight than the pool holds connections, as under a busy worker. Every connection the
+    # pool opens must be kept and reused: a pool that keeps fewer alive than it opens
+    # reconnects every few requests, and its closes can hit a connection a waiting request was
+    # just given (a POST that then hangs until its read timeout).
     sandbox = start_sandbox(rate_limits=False)
     answer = sandbox.app.handle
 
     def slowly(request: Any) -> Any:
-        time.sleep(0.02)
-        return answer(request)
+        response = answer(request)
+        response.hold_s = 0.02
+        return response
 
     monkeypatch.setattr(sandbox.app, "handle", slowly)
     with make_client(

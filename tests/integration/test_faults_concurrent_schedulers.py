@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from ibkr_sandbox.config import Timings
+from ibkr_sandbox.messages import Request, Response
 from tests.integration.pipeline import WORST_IBKR, Pipeline
-from worker.sandbox.app import Request, Response
-from worker.sandbox.config import Timings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 

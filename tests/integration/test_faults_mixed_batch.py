@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from ibkr_sandbox.config import Timings
 from tests.integration.pipeline import FINAL, EventCollector, Pipeline
 from worker.redaction import mask_bank_details
-from worker.sandbox.config import Timings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from ibkr_sandbox import Sandbox, SandboxConfig
 from tests.integration.pipeline import WORST_IBKR, Pipeline
 from worker.clock import SystemClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
-from worker.sandbox import Sandbox, SandboxConfig
 from worker.store.migrate import upgrade_to_head
 from worker.tracking import decisions
 from worker.tracking.decisions import Action, AttemptFate, Decision

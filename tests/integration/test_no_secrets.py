@@ -102,14 +102,14 @@ class SeenSecrets:
 def ibkr_echoes_bank_numbers(pipeline: Pipeline) -> None:
     """The sandbox's rejections name a bank account number in their error text, as IBKR's
     error messages may: it must reach no event, audit row or status in clear."""
-    ledger = pipeline.sandbox.ledger
-    reject = ledger._reject
+    lifecycle = pipeline.sandbox.ledger._lifecycle
+    reject = lifecycle.reject
 
     def _reject(instruction: Any, http_status: int, error: tuple[str, str]) -> None:
         code, message = error
         reject(instruction, http_status, (code, f"{message}; bank account {BANK_ACCOUNT} held"))
 
-    ledger._reject = _reject  # type: ignore[method-assign]
+    lifecycle.reject = _reject  # type: ignore[method-assign]
 
 
 def ach(cid: int, account: str, **changes: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.sandbox_support import SandboxClient, ict, public_pem
-from worker.sandbox import Sandbox, SandboxConfig
+from ibkr_sandbox import Sandbox, SandboxConfig
+from tests.sandbox.support import SandboxClient, ict, public_pem
 
 
 @pytest.fixture
@@ -112,9 +112,9 @@ def test_a_patient_caller_over_a_socket_gets_the_held_answer(
 def test_an_answer_to_a_closed_connection_is_dropped_quietly(
     served: tuple[Sandbox, SandboxClient], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The caller gave up and reset its connection while its POST was held; the handler's
-    write then fails. Guard: `_Handler._write` ignores OSError. Without it socketserver prints
-    "Exception occurred during processing of request" with a traceback to stderr."""
+    """The caller gave up and reset its connection while its POST was held; the answer then
+    has nowhere to go. It must be dropped without a word: no traceback from the server, the
+    POST still registered when its hold ends, and the connection counted closed."""
     sandbox, client = served
     token = client.token()
     sandbox.set_faults(inflight_rate=1.0, inflight_hold_s=0.5)
@@ -190,9 +190,9 @@ def test_a_request_is_stamped_when_its_request_line_is_read_not_its_body(
     served: tuple[Sandbox, SandboxClient],
 ) -> None:
     """A client sends the request line and headers, then its body 0.5 s later. Guard:
-    `_Handler.parse_request` stamps the request and `_serve` hands that stamp to the app. Pass
-    `received_at=None` instead (the app then stamps it after the body is read) and this
-    fails."""
+    `asgi.StampArrival` stamps the request as the server hands it over (headers read, body
+    not) and `SandboxHttp._endpoint` hands that stamp to the app. Pass `received_at=None`
+    instead (the app then stamps it after the body is read) and this fails."""
     sandbox, client = served
     token = client.token()
     body = client.sign(ict(25)).encode("ascii")

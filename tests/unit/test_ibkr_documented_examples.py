@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from openapi_schema_validator import OAS30Validator
 
-from tests.sandbox_support import in_process
+from tests.sandbox.support import in_process
 from worker import jsontext
 from worker.ibkr.endpoints import endpoint_for
 from worker.ibkr.requests import RequestValidationError, build_body, parse_request

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.sandbox_support import GW, ict, in_process
-from worker.sandbox.app import Request
-from worker.sandbox.gateway import Arrivals, RateLimiter, max_in_window
+from ibkr_sandbox.gateway import Arrivals, RateLimiter, max_in_window
+from ibkr_sandbox.messages import Request
+from tests.sandbox.support import GW, ict, in_process
 
 TOKEN = "POST /oauth2/api/v1/token"
 STATUS_GET = "GET /gw/api/v1/client-instructions/{clientInstructionId}"
@@ -106,8 +106,8 @@ def _get(client: Any, at: float, cid: int = 1) -> Request:
 def test_the_429_limiter_judges_by_receipt_stamps_not_processing_time(
     rsa_private_key: Any,
 ) -> None:
-    """Guard: `SandboxApp._checked` hands the request's receipt stamp to the limiter. Hand
-    it the time of processing instead (`self._real_time()`) and this fails: the first burst,
+    """Guard: `checks.checked` hands the request's receipt stamp to the limiter. Hand it
+    the time of processing instead (`time.time()`) and this fails: the first burst,
     processed at once, gets a 429 (and the second, processed slowly, would get none)."""
     sandbox, client = in_process(rsa_private_key, rate_limits=True)
     app = sandbox.app

@@ -9,8 +9,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.sandbox_support import SandboxClient, ict, in_process, public_pem
-from worker.sandbox.auth import SIGNED_JWT_POLICY_MESSAGE
+from ibkr_sandbox.auth import SIGNED_JWT_POLICY_MESSAGE
+from tests.sandbox.support import SandboxClient, ict, in_process, public_pem
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox_support import in_process
+from tests.sandbox.support import in_process
 from tests.unit.test_ibkr_requests import MINIMAL
 from tests.unit.test_request_fields import v2
 from worker.config import Settings

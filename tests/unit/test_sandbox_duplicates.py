@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox_support import ict, in_process
+from tests.sandbox.support import ict, in_process
 
 SOURCE, TARGET = "U46377", "U15667"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox_support import SandboxClient, ict, in_process, public_pem
+from tests.sandbox.support import SandboxClient, ict, in_process, public_pem
 
 Env = tuple[Any, SandboxClient]
 
@@ -593,7 +593,7 @@ def test_supporting_reads(env: Env) -> None:
 
 
 def test_a_bulk_member_whose_id_is_an_object_is_a_400_not_a_crash() -> None:
-    from worker.sandbox.schemas import RequestInvalid, validate_request
+    from ibkr_sandbox.schemas import RequestInvalid, validate_request
 
     member = {
         "clientInstructionId": {"nested": 1},

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox_support import SandboxClient, ict, in_process
-from worker.sandbox.app import is_loopback
-from worker.sandbox.gateway import RateLimiter
+from ibkr_sandbox.gateway import RateLimiter
+from ibkr_sandbox.messages import is_loopback
+from tests.sandbox.support import SandboxClient, ict, in_process
 
 Env = tuple[Any, SandboxClient]
 
@@ -129,7 +129,7 @@ def test_lost_response_is_applied_once(rsa_private_key: Any) -> None:
 
 
 def test_fault_rates_are_checked() -> None:
-    from worker.sandbox.gateway import Faults
+    from ibkr_sandbox.gateway import Faults
 
     with pytest.raises(ValueError, match="between 0 and 1"):
         Faults(1).set(error_500_rate=2.0)

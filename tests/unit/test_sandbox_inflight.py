@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox_support import SandboxClient, ict, in_process
+from tests.sandbox.support import SandboxClient, ict, in_process
 
 POST = "POST /gw/api/v1/internal-cash-transfers"
 HOLD_S = 0.4
@@ -37,7 +37,7 @@ def _held(rsa_private_key: Any, **config: Any) -> tuple[Any, SandboxClient]:
 
 
 def test_held_post_registers_nothing_until_its_hold_ends(rsa_private_key: Any) -> None:
-    """Guard: `SandboxApp._funds_post` returns `_held_post` (registration deferred to
+    """Guard: `FundsPosts.post` returns `FundsPosts._held` (registration deferred to
     `complete`). Register at once instead (call `self._register` before returning the held
     response) and the 404 and the missing set during the hold fail."""
     sandbox, client = _held(rsa_private_key)
@@ -118,7 +118,7 @@ def _short_lived_body(client: SandboxClient, cid: int) -> bytes:
 def test_an_expired_body_registers_unless_exp_is_checked_again(
     rsa_private_key: Any, recheck: bool
 ) -> None:
-    """Guard: `complete` in `SandboxApp._held_post` checks `exp` again when
+    """Guard: `complete` in `FundsPosts._held` checks `exp` again when
     `inflight_recheck_exp` is on. Drop that check and the recheck=True case registers."""
     sandbox, client = _held(
         rsa_private_key,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox_support import SandboxClient, ict, in_process, public_pem
-from worker.sandbox import Timings
+from ibkr_sandbox import Timings
+from tests.sandbox.support import SandboxClient, ict, in_process, public_pem
 
 Env = tuple[Any, SandboxClient]
 

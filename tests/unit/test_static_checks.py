@@ -24,6 +24,6 @@ def test_ruff_format_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_is_clean_on_worker_and_models() -> None:
-    result = _run(str(BIN / "mypy"), "--strict", "worker", "models")
+def test_mypy_strict_is_clean_on_worker_models_and_the_sandbox() -> None:
+    result = _run(str(BIN / "mypy"), "--strict", "worker", "models", "ibkr_sandbox")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -273,8 +273,8 @@ def sandbox(**options: Any) -> None:
     if any(client_options) and not all(client_options):
         raise click.UsageError("give --client-id, --key-id and --public-key-file together")
 
+    from ibkr_sandbox import Sandbox, SandboxConfig, Timings
     from worker.logging import configure_logging
-    from worker.sandbox import Sandbox, SandboxConfig, Timings
 
     # Command output (the client lines) goes to stdout; the sandbox's own log lines to stderr.
     configure_logging("INFO", "console")

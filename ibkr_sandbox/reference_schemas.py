@@ -8,7 +8,7 @@ v2 (`/gw/api/v2/external-asset-transfers`): each FOP, DWAC or COMPLEX_ASSET_TRAN
 carries `currency` and `positions` (TradingInstrumentV2: `{conid}` or
 `{tradingInstrumentDescription}`) in place of the v1 `tradingInstrument` and `quantity`. Where a
 position's quantity lives is UNCERTAIN: the schemas allow a `quantity` on the instruction and
-on each position, and `worker.sandbox.schemas` enforces the placement the sandbox's
+on each position, and `ibkr_sandbox.schemas` enforces the placement the sandbox's
 `v2_position_quantity` switch names.
 """
 

@@ -1,5 +1,5 @@
-"""The bundled IBKR Funds & Banking simulator (reference §10): a real HTTP server, also usable
-in-process through an httpx transport.
+"""The bundled IBKR Funds & Banking simulator (reference §10): a real HTTP server (Starlette on
+uvicorn), also usable in-process through an httpx transport.
 
     sandbox = Sandbox(SandboxConfig(port=0, speed=1.0, seed=7))
     sandbox.register_client(client_id="acme", key_id="main", public_key_pem=pem)
@@ -9,7 +9,8 @@ in-process through an httpx transport.
     sandbox.stop()
 """
 
-from worker.sandbox.config import SandboxConfig, Timings
-from worker.sandbox.server import Sandbox, SandboxTransport
+from ibkr_sandbox.config import SandboxConfig, Timings
+from ibkr_sandbox.server import Sandbox
+from ibkr_sandbox.transport import SandboxTransport
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxTransport", "Timings"]

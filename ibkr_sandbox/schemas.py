@@ -4,7 +4,7 @@ The schemas, and which instructionTypes each POST path accepts, come from IBKR's
 document as shipped in `worker.ibkr.schemas`: the sandbox checks payloads with the same schemas
 the client's tests use, and follows IBKR's document rather than the client's endpoint table.
 What the reference describes beyond the 2.29 document (the open-banking bank instructions, the
-v2 external asset transfers) is checked against `worker.sandbox.reference_schemas`.
+v2 external asset transfers) is checked against `ibkr_sandbox.reference_schemas`.
 
 Produces IBKR's 400 `/invalid-argument` shape: one `{field, description}` per bad field, with the
 leaf field name as IBKR reports it (`sourceAccountId`, `iraContributionType`). A bulk request is
@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 from jsonschema import Draft7Validator
 
-from worker.ibkr import ids
-from worker.ibkr.schemas import instruction_schema, openapi_document
-from worker.sandbox.reference_schemas import (
+from ibkr_sandbox.reference_schemas import (
     BANK_INSTRUCTIONS_BEYOND_2_29,
     V2_TYPES,
     v2_instruction_schema,
 )
+from worker.ibkr import ids
+from worker.ibkr.schemas import instruction_schema, openapi_document
 
 MISSING = "Missing required parameter"
 INVALID = "Invalid or Missing required parameter"

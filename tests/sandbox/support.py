@@ -141,7 +141,7 @@ class SandboxClient:
 def in_process(key: rsa.RSAPrivateKey, **config: Any) -> tuple[Any, SandboxClient]:
     """A frozen-clock sandbox (rate limits off unless given) with client "acme" registered,
     and a client reaching it through the in-process transport."""
-    from worker.sandbox import Sandbox, SandboxConfig
+    from ibkr_sandbox import Sandbox, SandboxConfig
 
     settings: dict[str, Any] = {"speed": 0.0, "rate_limits": False}
     settings.update(config)

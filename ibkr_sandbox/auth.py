@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from ibkr_sandbox.clock import VirtualClock
+from ibkr_sandbox.config import SandboxConfig
+from ibkr_sandbox.fixtures import DEFAULT_COUNTERPARTY, MASTER_ACCOUNT
 from worker import jsontext
-from worker.sandbox.clock import VirtualClock
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.fixtures import DEFAULT_COUNTERPARTY, MASTER_ACCOUNT
 
 TOKEN_PATH = "/oauth2/api/v1/token"  # noqa: S105 - a URL path, not a secret
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from ibkr_sandbox.auth import Authority
 from ibkr_sandbox.clock import VirtualClock
 from ibkr_sandbox.config import SandboxConfig
 from ibkr_sandbox.gateway import Arrival, Arrivals, Downtime, Faults, RateLimiter, Stats
+from ibkr_sandbox.gateway.faults import FaultChanges
 from ibkr_sandbox.ledger import Ledger
 
 
@@ -51,17 +52,7 @@ class SandboxPort(Protocol):
     def ledger_counts(self) -> dict[int, int]: ...
     def stats(self, *, include_requests: bool = False) -> dict[str, Any]: ...
     def arrivals(self) -> list[Arrival]: ...
-    def set_faults(
-        self,
-        *,
-        error_500_rate: float | None = None,
-        error_503_rate: float | None = None,
-        drop_response_rate: float | None = None,
-        inflight_rate: float | None = None,
-        inflight_hold_s: float | None = None,
-        answer_delay_rate: float | None = None,
-        answer_delay_s: float | None = None,
-    ) -> dict[str, float]: ...
+    def set_faults(self, **changes: Unpack[FaultChanges]) -> dict[str, float]: ...
     def duplicate_post(self) -> str: ...
     def set_duplicate_post(self, policy: str) -> str: ...
     def revoke_tokens(self) -> int: ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import structlog
 
@@ -32,6 +32,7 @@ from ibkr_sandbox.gateway import (
     Stats,
     quirk_body,
 )
+from ibkr_sandbox.gateway.faults import FaultChanges
 from ibkr_sandbox.ledger import Instruction, Ledger
 from ibkr_sandbox.messages import Response
 from ibkr_sandbox.transport import SandboxTransport
@@ -244,28 +245,10 @@ class Sandbox:
         in the order they were recorded; the admin API's own requests are not counted."""
         return self.arrival_log.list()
 
-    def set_faults(
-        self,
-        *,
-        error_500_rate: float | None = None,
-        error_503_rate: float | None = None,
-        drop_response_rate: float | None = None,
-        inflight_rate: float | None = None,
-        inflight_hold_s: float | None = None,
-        answer_delay_rate: float | None = None,
-        answer_delay_s: float | None = None,
-    ) -> dict[str, float]:
+    def set_faults(self, **changes: Unpack[FaultChanges]) -> dict[str, float]:
         """Change fault rates (0..1) and hold times (real seconds); returns all of them now
         in force. See `SandboxConfig` for what each fault does."""
-        return self.faults.set(
-            error_500_rate=error_500_rate,
-            error_503_rate=error_503_rate,
-            drop_response_rate=drop_response_rate,
-            inflight_rate=inflight_rate,
-            inflight_hold_s=inflight_hold_s,
-            answer_delay_rate=answer_delay_rate,
-            answer_delay_s=answer_delay_s,
-        )
+        return self.faults.set(**changes)
 
     def duplicate_post(self) -> str:
         """The duplicate-POST policy in force: "reject" or "accept"."""

@@ -7,6 +7,7 @@ import math
 import random
 import threading
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 from ibkr_sandbox.clock import VirtualClock
 from worker.ibkr.calendar import downtime_end
@@ -20,6 +21,19 @@ FAULT_RATES = (
     "answer_delay_rate",
 )
 FAULT_HOLDS = ("inflight_hold_s", "answer_delay_s")
+
+
+class FaultChanges(TypedDict, total=False):
+    """The faults a caller may change at run time (each rate 0..1, each hold in real seconds);
+    what is left out stays as it is. See `SandboxConfig` for what each fault does."""
+
+    error_500_rate: float
+    error_503_rate: float
+    drop_response_rate: float
+    inflight_rate: float
+    inflight_hold_s: float
+    answer_delay_rate: float
+    answer_delay_s: float
 
 
 class Faults:
@@ -51,28 +65,16 @@ class Faults:
             answer_delay_s=answer_delay_s,
         )
 
-    def set(
-        self,
-        *,
-        error_500_rate: float | None = None,
-        error_503_rate: float | None = None,
-        drop_response_rate: float | None = None,
-        inflight_rate: float | None = None,
-        inflight_hold_s: float | None = None,
-        answer_delay_rate: float | None = None,
-        answer_delay_s: float | None = None,
-    ) -> dict[str, float]:
+    def set(self, **changes: Unpack[FaultChanges]) -> dict[str, float]:
         """Change the given rates (each 0..1) and hold times (real seconds, >= 0); returns
         every rate and hold time now in force."""
-        given = {
-            "error_500_rate": error_500_rate,
-            "error_503_rate": error_503_rate,
-            "drop_response_rate": drop_response_rate,
-            "inflight_rate": inflight_rate,
-            "inflight_hold_s": inflight_hold_s,
-            "answer_delay_rate": answer_delay_rate,
-            "answer_delay_s": answer_delay_s,
-        }
+        given: dict[str, float | None] = {name: None for name in FAULT_RATES + FAULT_HOLDS}
+        unknown = set(changes) - set(given)
+        if unknown:
+            raise ValueError(f"unknown faults: {', '.join(sorted(unknown))}")
+        for name, value in changes.items():
+            if value is not None:  # None (a caller's "leave it") changes nothing
+                given[name] = float(value)  # type: ignore[arg-type]  # a TypedDict's values
         for name, value in given.items():
             if value is None:
                 continue

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -21,6 +21,9 @@ from worker.config import ConfigError, Settings
 from worker.logging import get_logger
 from worker.store.errors import DatabaseAway, DatabaseError
 from worker.store.migrate import is_up_to_date
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -81,6 +84,35 @@ def _once_the_database_answers(
             pause_s = min(pause_s * 2, _STARTUP_RETRY_MAX_S)
         except DatabaseError as error:
             fail(f"cannot reach the database at DATABASE_URL: {error.kind}", 2)
+
+
+def _start(
+    actor: str, *, pool_size: int, metrics_port_offset: int
+) -> tuple[Settings, threading.Event, Runtime] | None:
+    """What a long-running process does first: signals caught, settings read, the schema
+    checked and the runtime built (waiting for a database that does not answer yet), and
+    `/metrics` served on METRICS_PORT + `metrics_port_offset` when a port is set. None when a
+    signal stopped it meanwhile."""
+    from worker.metrics import Metrics
+    from worker.runtime import build_runtime
+
+    stop = stop_on_signal()
+    settings = settings_or_exit()
+    _require_ready(settings, stop)
+    if stop.is_set():
+        return None
+    metrics = Metrics()
+    runtime = _once_the_database_answers(
+        lambda: build_runtime(settings, actor=actor, observer=metrics, pool_size=pool_size),
+        stop,
+        time.monotonic() + STARTUP_DATABASE_WAIT_S,
+    )
+    if runtime is None:
+        return None
+    if settings.metrics_port:
+        metrics.watch_database(runtime.store)
+        metrics.serve(settings.metrics_port + metrics_port_offset, settings.metrics_host)
+    return settings, stop, runtime
 
 
 def stop_on_signal() -> threading.Event:
@@ -144,34 +176,18 @@ def worker_command(processes: int | None, threads: int) -> None:
         _require_ready(settings_or_exit())
         _supervise(processes, threads)
         return
-    stop = stop_on_signal()
-    settings = settings_or_exit()
-    _require_ready(settings, stop)
-    if stop.is_set():
-        return
     from dramatiq import Worker
 
     from worker.actors import declare_actors
     from worker.broker import make_broker
-    from worker.metrics import Metrics
-    from worker.runtime import build_runtime
     from worker.store.group import GroupCommit
 
-    metrics = Metrics()
     # The threads' database steps go through one writer (group commit); a few more connections
     # serve steps that run alone after a failed batch.
-    runtime = _once_the_database_answers(
-        lambda: build_runtime(
-            settings, actor="worker", observer=metrics, pool_size=min(threads, 8)
-        ),
-        stop,
-        time.monotonic() + STARTUP_DATABASE_WAIT_S,
-    )
-    if runtime is None:
+    started = _start("worker", pool_size=min(threads, 8), metrics_port_offset=0)
+    if started is None:
         return
-    if settings.metrics_port:
-        metrics.watch_database(runtime.store)
-        metrics.serve(settings.metrics_port, settings.metrics_host)
+    settings, stop, runtime = started
     broker = make_broker(settings.broker_url, max_message_bytes=settings.max_message_bytes)
     group = GroupCommit(runtime.writer_store())
     declare_actors(broker, runtime.ctx, group)
@@ -272,30 +288,14 @@ def scheduler_command(poll_threads: int) -> None:
     Several schedulers may run at once on PostgreSQL (rows are claimed with leases); run one
     on SQLite.
     """
-    stop = stop_on_signal()
-    settings = settings_or_exit()
-    _require_ready(settings, stop)
-    if stop.is_set():
-        return
     from worker.broker import AmqpEventPublisher, DeadLetterDrain, is_stub_url
     from worker.events import EventPublisher, MemoryPublisher
-    from worker.metrics import Metrics
-    from worker.runtime import build_runtime
     from worker.scheduler import Scheduler
 
-    metrics = Metrics()
-    runtime = _once_the_database_answers(
-        lambda: build_runtime(
-            settings, actor="scheduler", observer=metrics, pool_size=poll_threads + 4
-        ),
-        stop,
-        time.monotonic() + STARTUP_DATABASE_WAIT_S,
-    )
-    if runtime is None:
+    started = _start("scheduler", pool_size=poll_threads + 4, metrics_port_offset=1)
+    if started is None:
         return
-    if settings.metrics_port:
-        metrics.watch_database(runtime.store)
-        metrics.serve(settings.metrics_port + 1, settings.metrics_host)
+    settings, stop, runtime = started
     stub = is_stub_url(settings.broker_url)
     publisher: EventPublisher = (
         MemoryPublisher() if stub else AmqpEventPublisher(settings.broker_url)

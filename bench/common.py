@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +109,34 @@ def queue_consumers(broker_url: str, queue: str) -> int:
     finally:
         if connection.is_open:
             connection.close()
+
+
+def instruction_messages(requests: Iterable[dict[str, Any]]) -> list[bytes]:
+    """Each request as the plain dramatiq message a producer publishes to `ibkr.instructions`."""
+    return [
+        dramatiq_message("ibkr.instructions", "submit_instruction", {"request": request})
+        for request in requests
+    ]
+
+
+def await_consumers(broker_url: str, count: int, alive: Callable[[], None]) -> None:
+    """Wait until `count` worker processes consume `ibkr.instructions`."""
+    wait_for(
+        lambda: queue_consumers(broker_url, "ibkr.instructions") >= count,
+        60,
+        "the worker's consumers",
+        alive=alive,
+    )
+
+
+def await_scheduler(processes: Processes, alive: Callable[[], None]) -> None:
+    """Wait until the process called "scheduler" says it started."""
+    wait_for(
+        lambda: "scheduler started" in processes.log_text("scheduler"),
+        60,
+        "the scheduler",
+        alive=alive,
+    )
 
 
 def dramatiq_message(queue: str, actor: str, kwargs: dict[str, Any]) -> bytes:

@@ -23,11 +23,12 @@ from sqlalchemy import create_engine, text
 from bench.common import (
     BIN,
     Services,
-    dramatiq_message,
+    await_consumers,
+    await_scheduler,
+    instruction_messages,
     log,
     make_key,
     publish,
-    queue_consumers,
     scenario,
     start_sandbox,
     wait_for,
@@ -93,21 +94,9 @@ def run(services: Services, log_root: Path, *, n: int) -> dict[str, Any]:
         alive = lambda: processes.check_alive("worker", "scheduler")  # noqa: E731
         processes.start("worker", [str(BIN / "ibkr-worker"), "worker"], env)
         processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
-        wait_for(
-            lambda: (
-                queue_consumers(broker_url, "ibkr.instructions") >= 1
-                and "scheduler started" in processes.log_text("scheduler")
-            ),
-            60,
-            "the worker and the scheduler",
-            alive=alive,
-        )
-        bodies = [
-            dramatiq_message(
-                "ibkr.instructions", "submit_instruction", {"request": transfer(FIRST_ID + i)}
-            )
-            for i in range(n)
-        ]
+        await_consumers(broker_url, 1, alive)
+        await_scheduler(processes, alive)
+        bodies = instruction_messages(transfer(FIRST_ID + i) for i in range(n))
         log(f"drain: {n} transfers at IBKR's limits, half 202 finishing 1-3 s later")
         started = publish(broker_url, "ibkr.instructions", bodies)
         wait_for(

@@ -20,14 +20,14 @@ from sqlalchemy import create_engine, text
 from bench.common import (
     BIN,
     Services,
-    dramatiq_message,
+    await_consumers,
+    await_scheduler,
+    instruction_messages,
     log,
     make_key,
     publish,
-    queue_consumers,
     scenario,
     start_sandbox,
-    wait_for,
     worker_env,
 )
 from bench.runs import transfer
@@ -132,27 +132,10 @@ def run(services: Services, log_root: Path, *, pending: int, seconds: float) -> 
             [str(BIN / "ibkr-worker"), "worker", "--processes", "2"],
             env,
         )
-        wait_for(
-            lambda: queue_consumers(broker_url, "ibkr.instructions") >= 2,
-            60,
-            "the worker's consumers",
-            alive=alive,
-        )
+        await_consumers(broker_url, 2, alive)
         scheduler = processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
-        wait_for(
-            lambda: "scheduler started" in processes.log_text("scheduler"),
-            60,
-            "the scheduler",
-            alive=alive,
-        )
-        bodies = [
-            dramatiq_message(
-                "ibkr.instructions",
-                "submit_instruction",
-                {"request": transfer(TRAFFIC_FIRST_ID + i)},
-            )
-            for i in range(TRAFFIC)
-        ]
+        await_scheduler(processes, alive)
+        bodies = instruction_messages(transfer(TRAFFIC_FIRST_ID + i) for i in range(TRAFFIC))
         log(f"memory: sampling RSS for {seconds:.0f} s while {TRAFFIC} new instructions flow")
         publish(broker_url, "ibkr.instructions", bodies)
         peaks = sample({"worker": worker.pid, "scheduler": scheduler.pid}, seconds)

@@ -22,12 +22,13 @@ from sqlalchemy import create_engine, text
 from bench.common import (
     BIN,
     Services,
-    dramatiq_message,
+    await_consumers,
+    await_scheduler,
+    instruction_messages,
     log,
     make_key,
     percentile,
     publish,
-    queue_consumers,
     scenario,
     start_sandbox,
     wait_for,
@@ -133,23 +134,10 @@ def run(
             [str(BIN / "ibkr-worker"), "worker", "--processes", "1", "--threads", "8"],
             env,
         )
-        wait_for(
-            lambda: queue_consumers(broker_url, "ibkr.instructions") >= 1,
-            60,
-            "the worker's consumers",
-            alive=alive,
-        )
+        await_consumers(broker_url, 1, alive)
         processes.start("scheduler", [str(BIN / "ibkr-worker"), "scheduler"], env)
-        wait_for(
-            lambda: "scheduler started" in processes.log_text("scheduler"),
-            60,
-            "the scheduler",
-            alive=alive,
-        )
-        bodies = [
-            dramatiq_message("ibkr.instructions", "submit_instruction", {"request": request})
-            for request in requests(singles, bulk_members, bulk_sets)
-        ]
+        await_scheduler(processes, alive)
+        bodies = instruction_messages(requests(singles, bulk_members, bulk_sets))
         per_set = max(1, bulk_members // max(bulk_sets, 1))
         total = singles + per_set * bulk_sets
         log(f"polling: {singles} singles and {bulk_sets} bulk requests of {per_set}")

@@ -18,7 +18,10 @@ from bench.common import (
     FLOOR_QUEUE,
     Processes,
     SandboxProcess,
+    await_consumers,
+    await_scheduler,
     dramatiq_message,
+    instruction_messages,
     publish,
     queue_consumers,
     wait_for,
@@ -220,24 +223,9 @@ def run_pipeline(
         expected_processes = queue_consumers(broker_url, "ibkr.instructions")
     else:
         expected_processes = default_worker_processes()
-        wait_for(
-            lambda: queue_consumers(broker_url, "ibkr.instructions") >= expected_processes,
-            60,
-            "the worker's consumers",
-            alive=alive,
-        )
-    wait_for(
-        lambda: "scheduler started" in processes.log_text("scheduler"),
-        60,
-        "the scheduler",
-        alive=alive,
-    )
-    bodies = [
-        dramatiq_message(
-            "ibkr.instructions", "submit_instruction", {"request": transfer(first_id + i)}
-        )
-        for i in range(n)
-    ]
+        await_consumers(broker_url, expected_processes, alive)
+    await_scheduler(processes, alive)
+    bodies = instruction_messages(transfer(first_id + i) for i in range(n))
     recorder = None
     if record is not None:
         recorder = profile.Recorder(record)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from models import ClientInstruction, OutboxEvent
-from tests.unit.test_request_fields import v2
+from tests.builders import v2
 from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
 from worker.clock import ManualClock
 from worker.tracking.intake import receive

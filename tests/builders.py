@@ -222,10 +222,12 @@ def transfer_bulk(
     return bulk("INTERNAL_CASH_TRANSFER", (transfer_member(cid, amount, **changes) for cid in cids))
 
 
-def polled_every(n: int, polled: str, immediate: str) -> Callable[[int], str]:
-    """An amount chooser for `transfers`: `polled` (above the sandbox's 202 threshold) for ids
-    divisible by `n`, `immediate` (answered 201) for the others."""
-    return lambda cid: polled if cid % n == 0 else immediate
+def polled_every(
+    n: int, polled: str, immediate: str, *, remainder: int = 0
+) -> Callable[[int], str]:
+    """An amount chooser for `transfers`: `polled` (above the sandbox's 202 threshold) for the
+    ids with `cid % n == remainder`, `immediate` (answered 201) for the others."""
+    return lambda cid: polled if cid % n == remainder else immediate
 
 
 def transfers(cids: Iterable[int], amount_of: Callable[[int], Any]) -> list[dict[str, Any]]:

@@ -165,11 +165,6 @@ def database_away() -> OperationalError:
     return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
 
 
-@pytest.fixture
-def factory(sqlite_url: str) -> sessionmaker[Session]:
-    return make_session_factory(make_engine(sqlite_url))
-
-
 def arrival(kwargs: dict[str, Any] | None = None, message_id: str = "m-1") -> Any:
     raw = raw_message(kwargs or {"request": {}}, message_id=message_id)
     return inspect(raw, max_message_bytes=2**21, actor_name=ACTOR_NAME)[0]

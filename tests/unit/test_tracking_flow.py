@@ -20,11 +20,6 @@ from worker.tracking.submit import send
 POST_PATH = "/gw/api/v1/internal-cash-transfers"
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 def rows(ctx, cid=None):  # type: ignore[no-untyped-def]
     with ctx.session_factory() as session:
         query = select(ClientInstruction).order_by(ClientInstruction.id)

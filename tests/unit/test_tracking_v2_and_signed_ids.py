@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from sqlalchemy import select
 
 from models import ClientInstruction, OutboxEvent
@@ -15,11 +14,6 @@ from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_con
 from worker.clock import ManualClock
 from worker.tracking.intake import receive
 from worker.tracking.submit import send
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def test_a_v2_request_is_sent_to_the_v2_endpoint(sqlite_url: str, clock: ManualClock) -> None:

@@ -7,8 +7,6 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.requests import build_body, parse_request
@@ -21,14 +19,6 @@ SandboxFactory = Callable[..., Any]
 
 def next_id() -> int:
     return next(_ids)
-
-
-def public_pem(key: Any) -> bytes:
-    return bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
 
 
 def make_client(sandbox: Any, key: Any, **overrides: Any) -> IbkrClient:

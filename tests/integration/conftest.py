@@ -13,8 +13,8 @@ from tests.integration.client_support import (
     KEY_ID,
     SandboxFactory,
     make_client,
-    public_pem,
 )
+from tests.sandbox_support import public_pem
 from tests.services import (
     CI,
     TEST_DATABASE_URL,

@@ -20,9 +20,9 @@ from tests.integration.client_support import (
     SandboxFactory,
     make_client,
     next_id,
-    public_pem,
     send,
 )
+from tests.sandbox_support import public_pem
 from worker import jsontext
 from worker.clock import ManualClock
 from worker.config import Settings

@@ -121,15 +121,12 @@ def ach(cid: int, account: str, **changes: Any) -> dict[str, Any]:
         "bankName": "Demo Credit Union",
         "bankAccountTypeCode": 1,
     }
-    return bank_instruction(
-        cid,
-        **{
-            "accountId": "U15667",
-            "bankInstructionName": f"Secret test {cid}",
-            "clientAccountInfo": info,
-            **changes,
-        },
-    )
+    fields = {
+        "accountId": "U15667",
+        "bankInstructionName": f"Secret test {cid}",
+        "clientAccountInfo": info,
+    }
+    return bank_instruction(cid, **(fields | changes))
 
 
 def dramatiq_body(kwargs: Any, *, actor: str = "submit_instruction") -> bytes:

@@ -178,11 +178,10 @@ def _time(call: Callable[[], Any], repeats: int) -> dict[str, Any]:
 def time_queries(
     database_url: str, instructions: int, events: int, base: datetime, repeats: int
 ) -> dict[str, Any]:
-    from models import make_engine, make_session_factory
     from worker.audit import audit_trail, find_status
+    from worker.store import Store
 
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
+    store = Store.connect(database_url)
     rng = random.Random(20261124)
     span_s = SPAN_DAYS * 86400.0
     sets = max(1, instructions // SET_SIZE)
@@ -193,8 +192,8 @@ def time_queries(
 
     def with_session(query: Callable[[Any], Any]) -> Callable[[], Any]:
         def call() -> Any:
-            with sessions() as session:
-                return query(session)
+            with store.transaction() as tx:
+                return query(tx)
 
         return call
 
@@ -240,19 +239,17 @@ def time_queries(
             call()
         return {name: _time(call, repeats) for name, call in queries.items()}
     finally:
-        engine.dispose()
+        store.close()
 
 
 def explain_due_now(database_url: str) -> dict[str, Any]:
-    """Time the scheduler's claim (`claim_due`) once, capturing its SQL, inside a transaction
-    that is rolled back; then EXPLAIN ANALYZE that SQL (also rolled back) on the same rows."""
-    from sqlalchemy.orm import sessionmaker
-
+    """Time the scheduler's claim (`store.tracked.claim_due`) once, capturing its SQL, inside a
+    transaction that is rolled back; then EXPLAIN ANALYZE that SQL (also rolled back) on the
+    same rows."""
     from models import make_engine
-    from worker.clock import SystemClock
-    from worker.config import Settings
-    from worker.tracking.context import TrackingContext
-    from worker.tracking.poll import claim_due
+    from worker.config import DEFAULT_LEASE_S
+    from worker.store import Tx
+    from worker.store.tracked import claim_due
 
     engine = make_engine(database_url)
     captured: list[tuple[str, Any]] = []
@@ -265,20 +262,15 @@ def explain_due_now(database_url: str) -> dict[str, Any]:
         with engine.connect() as connection:
             outer = connection.begin()
             event.listen(connection, "before_cursor_execute", capture)
-            ctx = TrackingContext(
-                settings=Settings(database_url=database_url),
-                session_factory=sessionmaker(
-                    bind=connection,
-                    join_transaction_mode="create_savepoint",
-                    expire_on_commit=False,
-                ),
-                ibkr=None,  # type: ignore[arg-type]  # claim_due never calls IBKR
-                clock=SystemClock(),
-                actor="scheduler",
-                owner="bench-explain",
-            )
+            now = datetime.now(UTC)
             started = time.perf_counter()
-            claimed = claim_due(ctx, limit=100)
+            claimed = claim_due(
+                Tx(connection),
+                now=now,
+                owner="bench-explain",
+                lease_until=now + timedelta(seconds=DEFAULT_LEASE_S),
+                limit=100,
+            )
             claim_ms = (time.perf_counter() - started) * 1000.0
             outer.rollback()
         statement, parameters = captured[0]
@@ -309,7 +301,7 @@ def run(
         temporary_database(services.database_url, "bench_audit") as database_url,
         tempfile.TemporaryDirectory(),
     ):
-        from worker.migrate import upgrade_to_head
+        from worker.store.migrate import upgrade_to_head
 
         upgrade_to_head(database_url)
         log(f"audit: filling {instructions} instructions and {events} audit events")

@@ -22,7 +22,8 @@ SHAPES = {"10/s, 600/min": (10, 600), "1000/s, 60000/min": (1000, 60000)}
 
 
 def _cost(url: str, per_second: int, per_minute: int) -> dict[str, float]:
-    from worker.ibkr.ratelimit import SqlLedger, WindowLimit, client_bucket, endpoint_bucket
+    from worker.ibkr.ratelimit import WindowLimit, client_bucket, endpoint_bucket
+    from worker.store.ratelimit import SqlLedger
 
     engine = SqlLedger.own_engine(url)
     ledger = SqlLedger(engine)
@@ -59,7 +60,7 @@ def run(services: Services, log_root: Path) -> dict[str, Any]:
     for round_number in range(ROUNDS):
         for label, (per_second, per_minute) in SHAPES.items():
             with temporary_database(services.database_url, "bench_limiter") as url:
-                from worker.migrate import upgrade_to_head
+                from worker.store.migrate import upgrade_to_head
 
                 upgrade_to_head(url)
                 log(f"limiter: round {round_number + 1}, cost per reservation at {label}")

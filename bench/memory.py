@@ -117,7 +117,7 @@ def run(services: Services, log_root: Path, *, pending: int, seconds: float) -> 
         scenario(services, "memory", log_root) as (database_url, broker_url, processes),
         tempfile.TemporaryDirectory(prefix="bench-key-") as key_dir,
     ):
-        from worker.migrate import upgrade_to_head
+        from worker.store.migrate import upgrade_to_head
 
         private_key, public_key = make_key(Path(key_dir))
         upgrade_to_head(database_url)

@@ -238,7 +238,7 @@ def run_pipeline(
     are published. `baseline`: the checkout of an earlier commit that `env` runs
     (`bench.baseline`), whose default process count this code does not know: its consumers are
     awaited until their count holds."""
-    from worker.cli_ops import default_worker_processes
+    from worker.cli_processes import default_worker_processes
 
     # As the Procfile starts it: no process, thread or pool flags.
     worker = processes.start("worker", [str(BIN / "ibkr-worker"), "worker"], env, baseline)
@@ -361,7 +361,7 @@ def run(
             scenario(services, "throughput", log_root)
         )
         key_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-key-"))
-        from worker.migrate import upgrade_to_head
+        from worker.store.migrate import upgrade_to_head
 
         private_key, public_key = make_key(Path(key_dir))
         upgrade_to_head(database_url)

@@ -2,7 +2,7 @@
 
 Where the database comes from, first match wins:
 
-1. `config.attributes["connection"]`: an open SQLAlchemy connection (``worker.migrate`` passes
+1. `config.attributes["connection"]`: an open SQLAlchemy connection (``worker.store.migrate`` passes
    one that already holds the migration lock; the caller commits);
 2. `config.attributes["url"]`: a URL set in code;
 3. the `sqlalchemy.url` option of the configuration;

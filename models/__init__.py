@@ -1,12 +1,8 @@
-"""SQLAlchemy models and the database helpers: the product's memory and its alibi."""
+"""The tables (SQLAlchemy models) and the engines: the product's memory and its alibi.
 
-from models.db import (
-    is_postgresql,
-    make_engine,
-    make_session_factory,
-    next_client_instruction_id,
-    normalise_url,
-)
+Only `worker.store` (and the migrations) use them in the product."""
+
+from models.db import make_engine, make_session_factory, normalise_url
 from models.tables import (
     CLIENT_INSTRUCTION_ID_SEQUENCE,
     AuditEvent,
@@ -41,9 +37,7 @@ __all__ = [
     "RateLimitBucket",
     "RateLimitGrant",
     "Submission",
-    "is_postgresql",
     "make_engine",
     "make_session_factory",
-    "next_client_instruction_id",
     "normalise_url",
 ]

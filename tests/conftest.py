@@ -117,7 +117,7 @@ def empty_pg_url(pg_database_factory: Callable[[], str]) -> str:
 @pytest.fixture
 def pg_url(pg_database_factory: Callable[[], str]) -> str:
     """A new PostgreSQL database with every migration applied."""
-    from worker.migrate import upgrade_to_head
+    from worker.store.migrate import upgrade_to_head
 
     url = pg_database_factory()
     upgrade_to_head(url)
@@ -127,7 +127,7 @@ def pg_url(pg_database_factory: Callable[[], str]) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A new SQLite database file with every migration applied."""
-    from worker.migrate import upgrade_to_head
+    from worker.store.migrate import upgrade_to_head
 
     url = f"sqlite:///{tmp_path / 'ibkr.db'}"
     upgrade_to_head(url)

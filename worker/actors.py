@@ -3,7 +3,6 @@ processed. Actors are declared on a broker passed in (nothing is read at import 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -11,17 +10,18 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-from sqlalchemy.orm import Session
-from structlog.contextvars import bound_contextvars
 
 from worker import jsontext
 from worker.broker import ACTOR_NAME, QUEUE_NAME
+from worker.inbound.context import MessageContext
 from worker.inbound.edge import arrival_of
 from worker.inbound.retries import Retrier
 from worker.logging import get_logger
+from worker.store import Tx
+from worker.store.group import GroupCommit, StepKind
+from worker.tracking.checks import MAX_CORRELATION_ID
 from worker.tracking.context import TrackingContext
 from worker.tracking.deadletters import record_dead_letter
-from worker.tracking.group import GroupCommit, StepKind
 from worker.tracking.intake import (
     Inbound,
     Intake,
@@ -42,11 +42,6 @@ from worker.tracking.submit import (
 log = get_logger(__name__)
 
 
-# Messages being handled in this process: a copy redelivered meanwhile must not take over.
-_in_hand: set[str] = set()
-_in_hand_lock = threading.Lock()
-
-
 @dataclass(frozen=True)
 class GroupedSteps:
     """The worker's two database steps, run in shared transactions by `group`."""
@@ -57,10 +52,10 @@ class GroupedSteps:
 
 
 def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
-    """Receiving requests and recording answers through `group` (see `tracking.group`)."""
+    """Receiving requests and recording answers through `group` (see `store.group`)."""
 
-    def receive_batch(session: Session, items: Sequence[Inbound]) -> list[Received]:
-        return receive_all(session, ctx, items)
+    def receive_batch(tx: Tx, items: Sequence[Inbound]) -> list[Received]:
+        return receive_all(tx, ctx, items)
 
     def receive_alone(item: Inbound) -> Intake:
         return receive(
@@ -71,8 +66,8 @@ def grouped_steps(ctx: TrackingContext, group: GroupCommit) -> GroupedSteps:
             begin_submission=item.begin_submission,
         )
 
-    def record_batch(session: Session, answers: Sequence[Answer]) -> list[Callable[[], None]]:
-        record_answers(session, ctx, answers)
+    def record_batch(tx: Tx, answers: Sequence[Answer]) -> list[Callable[[], None]]:
+        record_answers(tx, ctx, answers)
         return [_nothing] * len(answers)
 
     return GroupedSteps(
@@ -92,48 +87,18 @@ def handle_message(
     kwargs: dict[str, Any],
     message: Any,
     steps: GroupedSteps | None = None,
+    *,
+    in_hand_elsewhere: bool = False,
 ) -> None:
     """Process one inbound message: persist the intent, then submit it (or record why not).
 
     `steps`: run the database steps in transactions shared with other threads (the worker);
-    without it each step has a transaction of its own.
+    without it each step has a transaction of its own. `in_hand_elsewhere`: another thread
+    already handles the same message (`MessageContext`), so what it left unfinished is not
+    this one's to release.
     """
     # A message without an id reaches us with an empty one (see `worker.broker`): no id.
     message_id = getattr(message, "message_id", None) or None
-    if message_id is None:
-        _handle(ctx, args, kwargs, message, None, steps, in_hand_by_another_thread=False)
-        return
-    with _in_hand_lock:
-        in_hand_by_another_thread = message_id in _in_hand
-        _in_hand.add(message_id)
-    try:
-        # Every line logged while handling the message names it.
-        with bound_contextvars(message_id=message_id):
-            _handle(
-                ctx,
-                args,
-                kwargs,
-                message,
-                message_id,
-                steps,
-                in_hand_by_another_thread=in_hand_by_another_thread,
-            )
-    finally:
-        if not in_hand_by_another_thread:
-            with _in_hand_lock:
-                _in_hand.discard(message_id)
-
-
-def _handle(
-    ctx: TrackingContext,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    message: Any,
-    message_id: str | None,
-    steps: GroupedSteps | None,
-    *,
-    in_hand_by_another_thread: bool,
-) -> None:
     try:
         request, correlation_id = check_arguments(args, kwargs)
         # RECEIVED and SUBMITTING commit together: one transaction fewer before the POST. The
@@ -167,7 +132,7 @@ def _handle(
             except (TypeError, ValueError):
                 body = repr(kwargs)
         record_dead_letter(
-            ctx.session_factory,
+            ctx.store,
             body=body,
             reason=error.reason,
             now=ctx.clock.now(),
@@ -178,7 +143,7 @@ def _handle(
         return
     if answer is not None:
         # The client logged the call (one line per message that went out), with the message
-        # id bound by `handle_message` and the submission bound by `post`.
+        # id bound by `MessageContext` and the submission bound by `post`.
         if steps is not None:
             steps.group.run(steps.record, answer)
         else:
@@ -189,11 +154,7 @@ def _handle(
         disposition=intake.disposition,
         client_instruction_ids=list(intake.client_instruction_ids[:20]),
     )
-    if (
-        intake.disposition == "same_intent"
-        and message_id is not None
-        and not in_hand_by_another_thread
-    ):
+    if intake.disposition == "same_intent" and message_id is not None and not in_hand_elsewhere:
         # Handled again (a retry after our own failure): what this process left half-done is
         # resolved by the scheduler now rather than when its lease runs out.
         released = release_unfinished(ctx, message_id)
@@ -205,22 +166,26 @@ def declare_actors(
     broker: dramatiq.Broker, ctx: TrackingContext, group: GroupCommit | None = None
 ) -> dramatiq.Actor[Any, None]:
     """Declare `submit_instruction` on `broker`, bound to the tracking context `ctx` (with
-    `group`, its threads share transactions)."""
+    `group`, its threads share transactions), and add `MessageContext` to `broker` (once)."""
     steps = grouped_steps(ctx, group) if group is not None else None
-    retrier = Retrier.for_database(ctx.session_factory, ctx.clock, QUEUE_NAME)
+    retrier = Retrier.for_database(ctx.store, ctx.clock, QUEUE_NAME)
+    if not any(isinstance(m, MessageContext) for m in broker.middleware):
+        broker.add_middleware(MessageContext(max_correlation_id_chars=MAX_CORRELATION_ID))
 
     def submit_instruction(*args: Any, **kwargs: Any) -> None:
         message = CurrentMessage.get_current_message()
-        message_id = str(getattr(message, "message_id", "") or "")
+        handled = MessageContext.current()
+        in_hand_elsewhere = handled is not None and handled.in_hand_elsewhere
         # A refused message is set aside without reaching tracking; anything that raises out
         # of tracking is retried by our count, never by dramatiq (see `inbound.retries`).
-        with bound_contextvars(message_id=message_id):
-            retrier.run(
-                arrival_of(message),
-                message_id,
-                bool(getattr(message, "redelivered", False)),
-                lambda: handle_message(ctx, args, kwargs, message, steps),
-            )
+        retrier.run(
+            arrival_of(message),
+            str(getattr(message, "message_id", "") or ""),
+            bool(getattr(message, "redelivered", False)),
+            lambda: handle_message(
+                ctx, args, kwargs, message, steps, in_hand_elsewhere=in_hand_elsewhere
+            ),
+        )
 
     actor: dramatiq.Actor[Any, None] = dramatiq.actor(
         broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME

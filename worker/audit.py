@@ -1,7 +1,7 @@
 """Read-only status and audit queries for the command line.
 
-Every query is driven by an index of `models.tables` and bounded by a LIMIT, so it stays fast
-however large the tables grow (no OFFSET, no count over a table):
+Every query (`worker.store.queries`) is driven by an index of `models.tables` and bounded by a
+LIMIT, so it stays fast however large the tables grow (no OFFSET, no count over a table):
 
 - `find_status` by clientInstructionId: `ix_client_instructions_client_instruction_id_id`;
 - by message id: `ix_submissions_message_id` then `ix_client_instructions_submission_id`, and
@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, select
-from sqlalchemy.orm import Session
-
-from models.tables import AuditEvent, ClientInstruction, DeadLetter, Submission
-from models.views import iso_utc, tracked_state
 from worker.redaction import scrub_text
+from worker.store import Tx, deadletters, queries
+from worker.store.queries import AUDIT_COLUMNS, AuditFilter
+from worker.store.rows import ClientInstruction, DeadLetter
+from worker.tracking.state import iso_utc, tracked_state
 
 DEFAULT_AUDIT_LIMIT = 1000
 DEFAULT_DEAD_LETTER_LIMIT = 1000
@@ -42,12 +41,12 @@ def as_utc(value: datetime) -> datetime:
 
 
 def find_status(
-    session: Session,
+    tx: Tx,
     *,
     client_instruction_id: int | None = None,
     message_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """The tracked state (`models.views.tracked_state`) of one instruction, or None if unknown.
+    """The tracked state (`tracking.state.tracked_state`) of one instruction, or None if unknown.
 
     Give exactly one of the two. By clientInstructionId the owning row (the one without
     `duplicate_of_id`) is preferred, else the newest row holding that id. By message id it is
@@ -57,52 +56,28 @@ def find_status(
     if (client_instruction_id is None) == (message_id is None):
         raise ValueError("give exactly one of client_instruction_id and message_id")
     if message_id is not None:
-        states = find_statuses_by_message_id(session, message_id, limit=1)
+        states = find_statuses_by_message_id(tx, message_id, limit=1)
         return states[0] if states else None
-    owner_first = case((ClientInstruction.duplicate_of_id.is_(None), 0), else_=1)
-    row = session.scalars(
-        select(ClientInstruction)
-        .where(ClientInstruction.client_instruction_id == client_instruction_id)
-        .order_by(owner_first, ClientInstruction.id.desc())
-        .limit(1)
-    ).first()
+    assert client_instruction_id is not None
+    row = queries.by_client_instruction_id(tx, client_instruction_id)
     return tracked_state(row) if row is not None else None
 
 
 def find_statuses_by_message_id(
-    session: Session, message_id: str, *, limit: int = MAX_MESSAGE_MEMBERS
+    tx: Tx, message_id: str, *, limit: int = MAX_MESSAGE_MEMBERS
 ) -> list[dict[str, Any]]:
     """The tracked states of every instruction the message `message_id` asked for.
 
     One for a single request, one per member (in request order) for a bulk request; empty
     when the message is unknown. At most `limit` states.
     """
-    submission_ids = list(
-        session.scalars(
-            select(Submission.id)
-            .where(Submission.message_id == message_id)
-            .order_by(Submission.id)
-            .limit(MAX_MESSAGE_SUBMISSIONS)
-        )
-    )
+    submission_ids = queries.submissions_of_message(tx, message_id, MAX_MESSAGE_SUBMISSIONS)
     rows: dict[int, ClientInstruction] = {}
     if submission_ids:
-        for row in session.scalars(
-            select(ClientInstruction)
-            .where(ClientInstruction.submission_id.in_(submission_ids))
-            .order_by(
-                ClientInstruction.submission_id, ClientInstruction.position, ClientInstruction.id
-            )
-            .limit(limit)
-        ):
+        for row in queries.members_of(tx, submission_ids, limit):
             rows[row.id] = row
     # Rows stored before (or without) a submission carry the message id themselves.
-    for row in session.scalars(
-        select(ClientInstruction)
-        .where(ClientInstruction.message_id == message_id)
-        .order_by(ClientInstruction.position, ClientInstruction.id)
-        .limit(limit)
-    ):
+    for row in queries.rows_of_message(tx, message_id, limit):
         rows.setdefault(row.id, row)
     ordered = sorted(
         rows.values(),
@@ -113,23 +88,6 @@ def find_statuses_by_message_id(
         ),
     )
     return [tracked_state(row) for row in ordered[:limit]]
-
-
-# Exactly what the audit JSON needs (not `api_response`, which may be large), in this order.
-_AUDIT_COLUMNS = (
-    AuditEvent.at,
-    AuditEvent.client_instruction_id,
-    AuditEvent.instruction_id,
-    AuditEvent.instruction_set_id,
-    AuditEvent.from_status,
-    AuditEvent.to_status,
-    AuditEvent.reason,
-    AuditEvent.actor,
-    AuditEvent.api_method,
-    AuditEvent.api_path,
-    AuditEvent.api_http_status,
-    AuditEvent.api_latency_ms,
-)
 
 
 def _audit_json(values: Sequence[Any]) -> dict[str, Any]:
@@ -169,13 +127,13 @@ def _audit_json(values: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def audit_event_json(event: AuditEvent) -> dict[str, Any]:
-    """The contract's audit JSON object for one audit event."""
-    return _audit_json([getattr(event, column.key) for column in _AUDIT_COLUMNS])
+def audit_event_json(event: Any) -> dict[str, Any]:
+    """The contract's audit JSON object for one audit event (anything with its columns)."""
+    return _audit_json([getattr(event, name) for name in AUDIT_COLUMNS])
 
 
 def audit_trail(
-    session: Session,
+    tx: Tx,
     *,
     client_instruction_id: int | None = None,
     instruction_id: int | None = None,
@@ -195,31 +153,16 @@ def audit_trail(
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    key_filters: list[ColumnElement[bool]] = []
-    if client_instruction_id is not None:
-        key_filters.append(AuditEvent.client_instruction_id == client_instruction_id)
-    if instruction_id is not None:
-        key_filters.append(AuditEvent.instruction_id == instruction_id)
-    if instruction_set_id is not None:
-        key_filters.append(AuditEvent.instruction_set_id == instruction_set_id)
-    if account_id is not None:
-        key_filters.append(AuditEvent.account_id == account_id)
-    if correlation_id is not None:
-        key_filters.append(AuditEvent.correlation_id == correlation_id)
-    time_filters: list[ColumnElement[bool]] = []
-    if since is not None:
-        time_filters.append(AuditEvent.at >= as_utc(since))
-    if until is not None:
-        time_filters.append(AuditEvent.at < as_utc(until))
-    query = select(*_AUDIT_COLUMNS).where(*key_filters, *time_filters)
-    if not key_filters and time_filters:
-        # Walk `ix_audit_events_at`: ordering by id here would sort the whole time range.
-        query = query.order_by(AuditEvent.at, AuditEvent.id)
-    else:
-        query = query.order_by(AuditEvent.id)
-    # Core execution: the ORM's row processing would double the cost of a 1,000-row answer.
-    rows = session.connection().execute(query.limit(limit)).all()
-    return [_audit_json(row) for row in rows]
+    wanted = AuditFilter(
+        client_instruction_id=client_instruction_id,
+        instruction_id=instruction_id,
+        instruction_set_id=instruction_set_id,
+        account_id=account_id,
+        correlation_id=correlation_id,
+        since=as_utc(since) if since is not None else None,
+        until=as_utc(until) if until is not None else None,
+    )
+    return [_audit_json(row) for row in queries.audit_rows(tx, wanted, limit)]
 
 
 def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
@@ -260,11 +203,8 @@ def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
     }
 
 
-def list_dead_letters(
-    session: Session, *, limit: int = DEFAULT_DEAD_LETTER_LIMIT
-) -> list[dict[str, Any]]:
+def list_dead_letters(tx: Tx, *, limit: int = DEFAULT_DEAD_LETTER_LIMIT) -> list[dict[str, Any]]:
     """Dead letters, oldest first, at most `limit` (default 1000); see `dead_letter_json`."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    rows = session.scalars(select(DeadLetter).order_by(DeadLetter.id).limit(limit))
-    return [dead_letter_json(row) for row in rows]
+    return [dead_letter_json(row) for row in deadletters.listed(tx, limit)]

@@ -7,7 +7,6 @@ that could not even be decoded end up before any middleware sees them.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 
+from worker._compat import framing_publish
 from worker.config import MAX_MESSAGE_BYTES_CEILING
 from worker.events import EVENTS_EXCHANGE, OutgoingEvent
 from worker.inbound.arrival import KEPT_PREFIX_BYTES, inspect
@@ -30,7 +30,7 @@ from worker.inbound.edge import (
     HeldBytes,
     install_encoder,
 )
-from worker.logging import get_logger
+from worker.logging import get_logger, quiet_logs
 
 log = get_logger(__name__)
 
@@ -121,12 +121,9 @@ class AmqpEventPublisher(AmqpConnection):
     def publish(self, events: Sequence[OutgoingEvent]) -> None:
         try:
             channel = self.channel()
-            # BlockingChannel.basic_publish writes each message to the socket before it
-            # returns; inside a transaction nothing is the broker's before `tx.commit` anyway,
-            # so the messages are framed into the connection's buffer (the channel's
-            # underlying asynchronous channel) and go out with the commit: half the CPU per
-            # event. The blocking call is the fallback should pika ever drop that attribute.
-            send = getattr(channel, "_impl", channel).basic_publish
+            # Inside a transaction nothing is the broker's before `tx.commit`: the messages
+            # are framed into the connection's buffer and go out with the commit.
+            send = framing_publish(channel)
             for event in events:
                 send(
                     exchange=EVENTS_EXCHANGE,
@@ -229,25 +226,22 @@ def broker_reachable(url: str, timeout_s: float = 5.0) -> str | None:
     result: list[str | None] = ["timed out"]
 
     def attempt() -> None:
-        try:
-            params = pika.URLParameters(url)
-            params.socket_timeout = timeout_s
-            params.connection_attempts = 1
-            connection = pika.BlockingConnection(params)
-            connection.close()
-            result[0] = None
-        except Exception as error:  # noqa: BLE001 - any failure to connect is the answer
-            # pika's connection errors have an empty str(); their repr names the cause.
-            result[0] = f"{type(error).__name__}: {error}" if str(error) else repr(error)
+        # The answer is the reason returned; pika's own error lines of this attempt would only
+        # repeat it. Quiet in this thread alone, for as long as it runs (other threads' pika
+        # lines are still logged).
+        with quiet_logs("pika"):
+            try:
+                params = pika.URLParameters(url)
+                params.socket_timeout = timeout_s
+                params.connection_attempts = 1
+                connection = pika.BlockingConnection(params)
+                connection.close()
+                result[0] = None
+            except Exception as error:  # noqa: BLE001 - any failure to connect is the answer
+                # pika's connection errors have an empty str(); their repr names the cause.
+                result[0] = f"{type(error).__name__}: {error}" if str(error) else repr(error)
 
-    # The answer is the reason returned; pika's own error lines would only repeat it.
-    pika_logger = logging.getLogger("pika")
-    level = pika_logger.level
-    pika_logger.setLevel(logging.CRITICAL)
-    try:
-        thread = threading.Thread(target=attempt, daemon=True)
-        thread.start()
-        thread.join(timeout_s + 1)
-    finally:
-        pika_logger.setLevel(level)
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1)
     return result[0]

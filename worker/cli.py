@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from worker import __version__, cli_ops, cli_queries
+from worker import __version__, cli_ops, cli_processes, cli_queries
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,8 +56,8 @@ cli.add_command(cli_queries.migrate)
 cli.add_command(cli_queries.status)
 cli.add_command(cli_queries.audit)
 cli.add_command(cli_queries.dead_letters)
-cli.add_command(cli_ops.worker_command)
-cli.add_command(cli_ops.scheduler_command)
+cli.add_command(cli_processes.worker_command)
+cli.add_command(cli_processes.scheduler_command)
 cli.add_command(cli_ops.submit_command)
 cli.add_command(cli_ops.health_command)
 cli.add_command(cli_ops.demo_command)

@@ -1,6 +1,6 @@
 """The read-side commands: `migrate`, `status`, `audit` and `dead-letters list`.
 
-Each parses its arguments, opens the database the settings name, calls `worker.migrate` or
+Each parses its arguments, opens the database the settings name, calls `worker.store.migrate` or
 `worker.audit`, and prints: command output to stdout (with `--json` nothing but JSON), errors
 and logs to stderr. Exit codes: 0 success, 1 nothing found or the database failed, 2 bad usage.
 `dead_letters` is a group so that `dead-letters replay` can be added where the broker lives.
@@ -16,15 +16,14 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from models import make_engine, make_session_factory
 from worker import audit as queries
 from worker import jsontext
 from worker.cli_settings import settings_or_exit
 from worker.config import Settings
 from worker.ibkr import ids
+from worker.store import Store, Tx
+from worker.store.errors import DatabaseError
 
 STATUS_FIELDS = (
     "clientInstructionId",
@@ -55,27 +54,20 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _database_error(error: SQLAlchemyError) -> str:
-    """The driver's own message (one line), without SQLAlchemy's statement dump."""
-    cause = getattr(error, "orig", None) or error
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {first_line}"
-
-
 @contextmanager
-def _read_session(settings: Settings) -> Iterator[Session]:
-    """A session on the configured database; a database error ends the command with exit 1."""
-    engine = make_engine(settings.database_url, pool_size=1)
+def _reading(settings: Settings) -> Iterator[Tx]:
+    """A transaction on the configured database; a database error (the driver's own message,
+    one line) ends the command with exit 1."""
+    store = Store.connect(settings.database_url, pool_size=1)
     try:
-        with make_session_factory(engine).begin() as session:
-            yield session
-    except SQLAlchemyError as error:
+        with store.transaction() as tx:
+            yield tx
+    except DatabaseError as error:
         _fail(
-            f"cannot read the database ({_database_error(error)}); "
-            "check DATABASE_URL and run `ibkr-worker migrate`"
+            f"cannot read the database ({error}); check DATABASE_URL and run `ibkr-worker migrate`"
         )
     finally:
-        engine.dispose()
+        store.close()
 
 
 def _text(value: Any) -> str:
@@ -159,17 +151,14 @@ def migrate() -> None:
     Safe to run again, and from several hosts at once. Prints the revision reached.
     """
     # Imported here: Alembic is only needed by this command.
-    from worker.migrate import current_revision, upgrade_to_head
+    from worker.store.migrate import current_revision, upgrade_to_head
 
     settings = _settings()
     try:
         upgrade_to_head(settings.database_url)
         revision = current_revision(settings.database_url)
-    except SQLAlchemyError as error:
-        _fail(
-            f"migration failed ({_database_error(error)}); "
-            "check DATABASE_URL and that the user owns the database"
-        )
+    except DatabaseError as error:
+        _fail(f"migration failed ({error}); check DATABASE_URL and that the user owns the database")
     click.echo(f"database at revision {revision} (newest)")
 
 
@@ -200,12 +189,12 @@ def status(client_instruction_id: int | None, message_id: str | None, as_json: b
     if (client_instruction_id is None) == (message_id is None):
         raise click.UsageError("give exactly one of CLIENT_INSTRUCTION_ID and --message-id")
     settings = _settings()
-    with _read_session(settings) as session:
+    with _reading(settings) as tx:
         if message_id is not None:
-            states = queries.find_statuses_by_message_id(session, message_id)
+            states = queries.find_statuses_by_message_id(tx, message_id)
             unknown = f"no instruction known for message id {message_id!r}"
         else:
-            state = queries.find_status(session, client_instruction_id=client_instruction_id)
+            state = queries.find_status(tx, client_instruction_id=client_instruction_id)
             states = [state] if state is not None else []
             unknown = f"no instruction known with clientInstructionId {client_instruction_id}"
     if not states:
@@ -321,9 +310,9 @@ def audit(
     Times without a zone are UTC. Prints nothing (exit 0) when no event matches.
     """
     settings = _settings()
-    with _read_session(settings) as session:
+    with _reading(settings) as tx:
         events = queries.audit_trail(
-            session,
+            tx,
             client_instruction_id=client_instruction_id,
             instruction_id=instruction_id,
             instruction_set_id=instruction_set_id,
@@ -369,8 +358,8 @@ def _preview(body: str) -> str:
 def list_command(limit: int, as_json: bool) -> None:
     """Dead letters, oldest first: id, message id, when seen, reason and the raw body."""
     settings = _settings()
-    with _read_session(settings) as session:
-        letters = queries.list_dead_letters(session, limit=limit)
+    with _reading(settings) as tx:
+        letters = queries.list_dead_letters(tx, limit=limit)
     if as_json:
         _print_json_lines(letters)
         return

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
 from worker.config import ConfigError, Settings, load_settings
 from worker.logging import configure_logging
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Stop the command with one line on stderr, `ibkr-worker: <message>`, and exit `code`."""
+    click.echo(f"ibkr-worker: {message}", err=True)
+    sys.exit(code)
 
 
 def settings_or_exit() -> Settings:

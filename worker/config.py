@@ -20,6 +20,12 @@ DEFAULT_SCOPE = (
 
 #: IBKR's own limit for one request (reference 8.3): MAX_MESSAGE_BYTES may not exceed it.
 MAX_MESSAGE_BYTES_CEILING = 20 * 1024 * 1024
+#: The contract's 64 KiB: the most of a message's body kept for people to read (a dead
+#: letter's view, the stored body of a request that cannot be sent).
+KEPT_BODY_BYTES = 64 * 1024
+#: How long a claimed row stays with its process unless IBKR_LEASE_S says otherwise; a crashed
+#: holder's rows wait this long before another process takes them over.
+DEFAULT_LEASE_S = 90.0
 
 
 class ConfigError(Exception):
@@ -65,7 +71,7 @@ class Settings:
     log_format: str = "json"
     http_timeout_s: float = 30.0
     # How long a claimed row stays with its process; a crashed holder's rows wait this long.
-    lease_s: float = 90.0
+    lease_s: float = DEFAULT_LEASE_S
     #: Lifetime (exp - iat) of a signed request body, in seconds.
     body_lifetime_s: float = 300.0
     #: How long after a POST whose answer was lost it may still register at IBKR, in seconds.
@@ -229,7 +235,7 @@ def load_settings(
                 f"IBKR_RATE_LIMIT_MARGIN_S={margin_raw!r} must be at least 0.01 and below 1 "
                 "second (it widens IBKR's one-second window for the delays on the way)"
             )
-    timeout_s, lease_s = http_timeout or 30.0, lease or 90.0
+    timeout_s, lease_s = http_timeout or 30.0, lease or DEFAULT_LEASE_S
     if lease_s <= 2 * timeout_s:
         raise ConfigError(
             f"IBKR_LEASE_S={lease_s:g} must be more than twice IBKR_HTTP_TIMEOUT_S "

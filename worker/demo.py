@@ -21,9 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from sqlalchemy import select
 
-from models import ClientInstruction
 from worker.audit import audit_trail
 from worker.broker import build_message, is_stub_url, make_broker
 from worker.config import PollOverrides, Settings
@@ -31,10 +29,13 @@ from worker.events import EventPublisher, MemoryPublisher
 from worker.ibkr.endpoints import endpoint_for
 from worker.ibkr.keygen import generate_key_pair
 from worker.ibkr.signing import load_private_key
-from worker.migrate import upgrade_to_head
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox import Sandbox, SandboxConfig
 from worker.scheduler import Scheduler
+from worker.status import FINAL, Status
+from worker.store import events, queries
+from worker.store.migrate import upgrade_to_head
+from worker.store.rows import ClientInstruction
 
 DEMO_CLIENT_ID = "demo-advisor"
 DEMO_KEY_ID = "demo-key-1"
@@ -82,7 +83,7 @@ def morning() -> dict[str, Step]:
                     _transfer("U139838", "912.10", clientNote="November payroll"),
                 ],
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "payroll-2026-11",
         ),
         Step(
@@ -97,7 +98,7 @@ def morning() -> dict[str, Step]:
                     "sendingInstitution": "First Demo Bank",
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "treasury-deposit",
         ),
         Step(
@@ -112,7 +113,7 @@ def morning() -> dict[str, Step]:
                     "bankInstructionName": "Test Withdrawal",
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "client-withdrawal",
         ),
         Step(
@@ -133,7 +134,7 @@ def morning() -> dict[str, Step]:
                     },
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "onboarding-ach",
         ),
         Step(
@@ -142,7 +143,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "INTERNAL_CASH_TRANSFER",
                 "instruction": _transfer("U15667", "50.00", dateTimeToOccur=tomorrow),
             },
-            "REJECTED",
+            Status.REJECTED,
             "cancel-me",
         ),
         Step(
@@ -154,7 +155,7 @@ def morning() -> dict[str, Step]:
                     "transactionHistory": {"daysToGoBack": 7, "transactionType": "ALL"},
                 },
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "eod-reconciliation",
         ),
         Step(
@@ -163,7 +164,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "QUERY_BANK_INSTRUCTION",
                 "instruction": {"accountId": "U46377", "bankInstructionMethod": "WIRE"},
             },
-            "PROCESSED",
+            Status.PROCESSED,
             "eod-reconciliation",
         ),
         Step(
@@ -175,7 +176,7 @@ def morning() -> dict[str, Step]:
                     **_transfer("U15667", "75.00"),
                 },
             },
-            "CONFLICT",
+            Status.CONFLICT,
             "reused-id",
         ),
         Step(
@@ -184,7 +185,7 @@ def morning() -> dict[str, Step]:
                 "instructionType": "INTERNAL_CASH_TRANSFER",
                 "instruction": _transfer("U15667", "-10.00"),
             },
-            "FAILED",
+            Status.FAILED,
             "bad-input",
         ),
     ]
@@ -237,10 +238,10 @@ class Demo:
         from dramatiq import Worker
 
         from worker.actors import declare_actors
-        from worker.tracking.group import GroupCommit
+        from worker.store.group import GroupCommit
 
         self.broker = make_broker(self.broker_url)
-        self.group = GroupCommit(worker_runtime.writer_session_factory())
+        self.group = GroupCommit(worker_runtime.writer_store())
         declare_actors(self.broker, worker_runtime.ctx, self.group)
         self.consumer = Worker(self.broker, worker_threads=4, worker_timeout=100)
         self.consumer.start()
@@ -287,17 +288,11 @@ class Demo:
         step.sent = True
 
     def refresh(self) -> None:
-        ctx = self.runtimes[0].ctx
-        with ctx.session_factory() as session:
+        with self.runtimes[0].store.transaction() as tx:
             for step in self.steps.values():
                 if not step.message_id:
                     continue
-                rows = session.execute(
-                    select(ClientInstruction)
-                    .where(ClientInstruction.message_id == step.message_id)
-                    .order_by(ClientInstruction.position)
-                ).scalars()
-                found = list(rows)
+                found = queries.rows_of_message(tx, step.message_id, limit=1000)
                 step.client_instruction_ids = [row.client_instruction_id for row in found]
                 step.statuses = [row.status for row in found]
                 step.rows = {row.client_instruction_id: row for row in found}
@@ -306,12 +301,12 @@ class Demo:
         """Act on what the morning has shown so far, as a back office would."""
         assert self.sandbox is not None
         deposit = self.steps["wire deposit notice"]
-        if deposit.statuses == ["PENDING"] and "deposit" not in self.notes:
+        if deposit.statuses == [Status.PENDING] and "deposit" not in self.notes:
             # The client's bank wires the money; IBKR sees it arrive.
             self.sandbox.deposit_arrived(deposit.client_instruction_ids[0])
             self.notes.append("deposit")
         ach = self.steps["ACH bank instruction (micro-deposits)"]
-        if ach.statuses == ["PENDING_VERIFICATION"] and "verify" not in self.steps:
+        if ach.statuses == [Status.PENDING_VERIFICATION] and "verify" not in self.steps:
             row = ach.rows[ach.client_instruction_ids[0]]
             if row.instruction_id is None:
                 return
@@ -329,13 +324,13 @@ class Demo:
                         "creditAmount2": str(second),
                     },
                 },
-                "PROCESSED",
+                Status.PROCESSED,
                 "onboarding-ach",
             )
             self.steps["verify"] = verify
             self.publish(verify)
         scheduled = self.steps["scheduled transfer (to be cancelled)"]
-        if scheduled.statuses == ["PENDING"] and "cancel" not in self.steps:
+        if scheduled.statuses == [Status.PENDING] and "cancel" not in self.steps:
             row = scheduled.rows[scheduled.client_instruction_ids[0]]
             cancel = Step(
                 "cancel of the scheduled transfer",
@@ -346,16 +341,15 @@ class Demo:
                         "reason": "Client changed their mind",
                     },
                 },
-                "PROCESSED",
+                Status.PROCESSED,
                 "cancel-me",
             )
             self.steps["cancel"] = cancel
             self.publish(cancel)
 
     def finished(self) -> bool:
-        finals = {"PROCESSED", "REJECTED", "FAILED", "CONFLICT"}
         return all(
-            step.statuses and all(status in finals for status in step.statuses)
+            step.statuses and all(status in FINAL for status in step.statuses)
             for step in self.steps.values()
         ) and {"verify", "cancel"} <= set(self.steps)
 
@@ -404,12 +398,8 @@ class Demo:
                 time.sleep(0.1)
 
     def _events_committed(self) -> int:
-        from sqlalchemy import func
-
-        from models import OutboxEvent
-
-        with self.runtimes[0].ctx.session_factory() as session:
-            return int(session.execute(select(func.count()).select_from(OutboxEvent)).scalar_one())
+        with self.runtimes[0].store.transaction() as tx:
+            return events.count(tx)
 
     def report(self) -> bool:
         self.console.print(self.table(final=True))
@@ -436,8 +426,8 @@ class Demo:
         return ok
 
     def print_audit(self, client_instruction_id: int) -> None:
-        with self.runtimes[0].ctx.session_factory() as session:
-            trail = audit_trail(session, client_instruction_id=client_instruction_id, limit=100)
+        with self.runtimes[0].store.transaction() as tx:
+            trail = audit_trail(tx, client_instruction_id=client_instruction_id, limit=100)
         table = Table(title=f"Audit trail of clientInstructionId {client_instruction_id}")
         table.add_column("at (UTC)", no_wrap=True)
         table.add_column("from → to", no_wrap=True)

@@ -9,12 +9,15 @@ are written as their actor and message id only (never the request they carry).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from worker.redaction import redact_event
 
@@ -51,6 +54,48 @@ class DramatiqMessageArguments(logging.Filter):
         if _is_dramatiq_message(record.msg):
             record.msg = message_summary(record.msg)
         return True
+
+
+#: Loggers whose records the current thread (context) does not want: see `quiet_logs`.
+_quiet_loggers: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "ibkr_worker_quiet_loggers", default=()
+)
+
+
+class QuietInThisContext(logging.Filter):
+    """Drops a record when the thread (context) logging it is inside `quiet_logs` for the
+    record's logger or a parent of it; every other thread's records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quiet = _quiet_loggers.get()
+        if not quiet:
+            return True
+        name = record.name
+        return not any(name == q or name.startswith(q + ".") for q in quiet)
+
+
+_QUIET = QuietInThisContext()
+
+
+@contextmanager
+def quiet_logs(name: str) -> Iterator[None]:
+    """While active, the records of logger `name` and its children that this thread logs are
+    dropped; other threads' records, and every logger's level, stay as they are.
+
+    A logger's filters do not see its children's records, so the filter is put on `name` and
+    on each of its children that exists when this is entered (once; it stays, and passes
+    everything outside a `quiet_logs`)."""
+    prefix = name + "."
+    for logger_name in [
+        name,
+        *(n for n in list(logging.root.manager.loggerDict) if n.startswith(prefix)),
+    ]:
+        logging.getLogger(logger_name).addFilter(_QUIET)  # no-op when already there
+    token = _quiet_loggers.set((*_quiet_loggers.get(), name))
+    try:
+        yield
+    finally:
+        _quiet_loggers.reset(token)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -102,6 +147,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_logger(name: str | None = None) -> Any:
-    """A structlog logger bound to `name` (the module)."""
-    return structlog.get_logger(name)
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger bound to `name` (the module): the level-filtering logger that
+    `configure_logging` (and structlog's default configuration) makes."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -16,16 +16,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 
-from models import ClientInstruction, DeadLetter, OutboxEvent
 from worker.ibkr.endpoints import INSTRUCTION_TYPES
 from worker.ibkr.responses import ApiResult, Outcome
 from worker.redaction import redact_label
+from worker.store import Store
+from worker.store.metrics import state_figures
 
 _ID_SEGMENT = re.compile(r"/-?\d+(?=/|$)")
-NOT_FINAL = ("RECEIVED", "SUBMITTING", "PENDING", "PENDING_VERIFICATION")
 #: The label of an instructionType IBKR does not know (a FAILED request can carry any text: as
 #: a label it would be shown to every scraper and grow the registry without bound).
 OTHER_TYPE = "OTHER"
@@ -102,11 +100,9 @@ class Metrics:
     def applied_twice(self, instruction_type: str) -> None:
         self.applied_twice_count.labels(instruction_type).inc()
 
-    def watch_database(
-        self, session_factory: sessionmaker[Session], max_age_s: float = 15.0
-    ) -> None:
+    def watch_database(self, store: Store, max_age_s: float = 15.0) -> None:
         """Add the state gauges read from the database."""
-        self.registry.register(_StateCollector(session_factory, max_age_s))
+        self.registry.register(_StateCollector(store, max_age_s))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serve `/metrics` on `host:port` from a daemon thread (`host` from METRICS_HOST:
@@ -115,8 +111,8 @@ class Metrics:
 
 
 class _StateCollector:
-    def __init__(self, session_factory: sessionmaker[Session], max_age_s: float) -> None:
-        self._session_factory = session_factory
+    def __init__(self, store: Store, max_age_s: float) -> None:
+        self._store = store
         self._max_age_s = max_age_s
         self._lock = threading.Lock()
         self._cached_at = 0.0
@@ -137,37 +133,20 @@ class _StateCollector:
 
     def _read(self) -> list[GaugeMetricFamily]:
         now = datetime.now(UTC)
-        with self._session_factory() as session:
-            by_status = GaugeMetricFamily(
-                "ibkr_instructions", "Tracked instructions by status", labels=["status"]
-            )
-            for status, count in session.execute(
-                select(ClientInstruction.status, func.count()).group_by(ClientInstruction.status)
-            ):
-                by_status.add_metric([label(status)], count)
-            overdue = session.execute(
-                select(func.count()).where(
-                    ClientInstruction.overdue_at.is_not(None), ClientInstruction.final_at.is_(None)
-                )
-            ).scalar_one()
-            oldest = session.execute(
-                select(func.min(ClientInstruction.created_at)).where(
-                    ClientInstruction.next_poll_at.is_not(None)
-                )
-            ).scalar_one()
-            letters = session.execute(select(func.count()).select_from(DeadLetter)).scalar_one()
-            twice = session.execute(
-                select(func.count()).where(ClientInstruction.applied_twice_at.is_not(None))
-            ).scalar_one()
-            backlog = session.execute(
-                select(func.count(), func.min(OutboxEvent.created_at)).where(
-                    OutboxEvent.published_at.is_(None)
-                )
-            ).one()
+        with self._store.transaction() as tx:
+            figures = state_figures(tx)
+        by_status = GaugeMetricFamily(
+            "ibkr_instructions", "Tracked instructions by status", labels=["status"]
+        )
+        for status, count in figures.by_status.items():
+            by_status.add_metric([label(status)], count)
+        oldest = figures.oldest_pending_at
         families = [by_status]
         families.append(
             GaugeMetricFamily(
-                "ibkr_instructions_overdue", "Instructions past their deadline", value=overdue
+                "ibkr_instructions_overdue",
+                "Instructions past their deadline",
+                value=figures.overdue,
             )
         )
         families.append(
@@ -177,23 +156,31 @@ class _StateCollector:
                 value=(now - oldest).total_seconds() if oldest else 0.0,
             )
         )
-        families.append(GaugeMetricFamily("ibkr_dead_letters", "Dead letters kept", value=letters))
+        families.append(
+            GaugeMetricFamily("ibkr_dead_letters", "Dead letters kept", value=figures.dead_letters)
+        )
         families.append(
             GaugeMetricFamily(
                 "ibkr_instructions_applied_twice",
                 "Instructions IBKR shows two transactions of ours for: the money may have moved "
                 "twice (alert on anything above 0)",
-                value=twice,
+                value=figures.applied_twice,
             )
         )
         families.append(
-            GaugeMetricFamily("ibkr_outbox_backlog", "Events not yet published", value=backlog[0])
+            GaugeMetricFamily(
+                "ibkr_outbox_backlog", "Events not yet published", value=figures.outbox_backlog
+            )
         )
         families.append(
             GaugeMetricFamily(
                 "ibkr_outbox_oldest_age_seconds",
                 "Age of the oldest event not yet published",
-                value=(now - backlog[1]).total_seconds() if backlog[1] else 0.0,
+                value=(
+                    (now - figures.oldest_unpublished_at).total_seconds()
+                    if figures.oldest_unpublished_at
+                    else 0.0
+                ),
             )
         )
         return families

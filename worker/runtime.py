@@ -10,15 +10,14 @@ from dataclasses import dataclass
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from models import make_engine, make_session_factory
-from models.db import database_time_reader
 from worker.clock import Clock, DatabaseClock, SystemClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
-from worker.ibkr.ratelimit import RateLimiter, SqlLedger
+from worker.ibkr.ratelimit import RateLimiter
+from worker.store import Store
+from worker.store.clock import database_time_reader
+from worker.store.ratelimit import SqlLedger
 from worker.tracking.context import NullObserver, Observer, TrackingContext
 
 
@@ -27,35 +26,35 @@ class Runtime:
     """What one process holds: close it on the way out."""
 
     settings: Settings
-    engine: Engine
+    store: Store
     client: IbkrClient
     ctx: TrackingContext
-    ledger_engine: Engine | None = None
+    ledger: SqlLedger | None = None
     database_clock: DatabaseClock | None = None
-    _writer_engine: Engine | None = None
+    _writer_store: Store | None = None
 
-    def writer_session_factory(self) -> sessionmaker[Session]:
-        """Sessions for the process's group-commit writer (`tracking.group`): a connection of
+    def writer_store(self) -> Store:
+        """The store of the process's group-commit writer (`store.group`): a connection of
         its own, not pinged before every transaction (a round trip per batch on the one thread
         all others wait for). A connection lost to a database restart fails that batch, whose
         steps then run alone on the runtime's pinged pool, and the writer's next batch
         connects afresh."""
-        if self._writer_engine is None:
-            self._writer_engine = make_engine(
+        if self._writer_store is None:
+            self._writer_store = Store.connect(
                 self.settings.database_url, pool_size=1, pre_ping=False
             )
-        return make_session_factory(self._writer_engine)
+        return self._writer_store
 
     def close(self) -> None:
         self.client.close()
         self.client.rate_limiter.close()
         if self.database_clock is not None:
             self.database_clock.stop()
-        self.engine.dispose()
-        if self.ledger_engine is not None:
-            self.ledger_engine.dispose()
-        if self._writer_engine is not None:
-            self._writer_engine.dispose()
+        self.store.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        if self._writer_store is not None:
+            self._writer_store.close()
 
 
 def process_owner(role: str) -> str:
@@ -73,22 +72,22 @@ def build_runtime(
     observer: Observer | None = None,
     pool_size: int = 10,
 ) -> Runtime:
-    """Engine, IBKR client (rate budget shared through the database) and tracking context.
+    """Store, IBKR client (rate budget shared through the database) and tracking context.
 
     Without `clock`, a process on PostgreSQL runs on the database's clock (`DatabaseClock`):
     leases, claims, due times and rate-limit slots are judged by one clock on every host.
     """
-    engine = make_engine(settings.database_url, pool_size=pool_size)
+    store = Store.connect(settings.database_url, pool_size=pool_size)
     database_clock: DatabaseClock | None = None
     if clock is None:
-        if engine.dialect.name == "postgresql":
-            database_clock = DatabaseClock(database_time_reader(engine)).start()
+        if store.postgresql:
+            database_clock = DatabaseClock(database_time_reader(store)).start()
             clock = database_clock
         else:
             clock = SystemClock()
-    ledger_engine = SqlLedger.own_engine(settings.database_url)
+    ledger = SqlLedger.own(settings.database_url)
     limiter = RateLimiter(
-        SqlLedger(ledger_engine),
+        ledger,
         settings.max_requests_per_second_per_endpoint,
         settings.max_requests_per_minute,
         settings.rate_limit_margin_s,
@@ -99,7 +98,7 @@ def build_runtime(
     )
     ctx = TrackingContext(
         settings=settings,
-        session_factory=make_session_factory(engine),
+        store=store,
         ibkr=client,
         clock=clock,
         actor=actor,
@@ -110,9 +109,9 @@ def build_runtime(
     )
     return Runtime(
         settings=settings,
-        engine=engine,
+        store=store,
         client=client,
         ctx=ctx,
-        ledger_engine=ledger_engine,
+        ledger=ledger,
         database_clock=database_clock,
     )

@@ -83,7 +83,7 @@ class Scheduler:
 
     def _relay_loop(self) -> None:
         while not self.stopping.is_set():
-            published = relay_once(self.ctx.session_factory, self.publisher, self.ctx.clock)
+            published = relay_once(self.ctx.store, self.publisher, self.ctx.clock)
             if published == 0:
                 self.stopping.wait(self.idle_relay_s)
 
@@ -98,7 +98,7 @@ class Scheduler:
         self, body: bytes, message_id: str | None, reason: str, received_bytes: int | None
     ) -> None:
         record_dead_letter(
-            self.ctx.session_factory,
+            self.ctx.store,
             body=body,
             reason=reason,
             now=self.ctx.clock.now(),

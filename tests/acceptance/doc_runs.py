@@ -22,7 +22,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 
-from models import ClientInstruction, Submission, make_engine, make_session_factory
 from tests.acceptance.docs import ROOT, DocCommand, json_blocks
 from worker.tracking.record import ApiCall, change_status
 
@@ -74,10 +73,12 @@ def json_lines(stdout: str) -> list[Any]:
 def seed(database_url: str) -> None:
     """The instruction the docs look up, with its trail (through the code that records changes),
     and one dead letter."""
+    from worker.store import Store
+    from worker.store import rows as store_rows
+    from worker.store.ids import allocate
     from worker.tracking.deadletters import record_dead_letter
 
-    engine = make_engine(database_url)
-    factory = make_session_factory(engine)
+    store = Store.connect(database_url)
     body = {
         "instructionType": "INTERNAL_CASH_TRANSFER",
         "instruction": {
@@ -88,8 +89,10 @@ def seed(database_url: str) -> None:
             "currency": "USD",
         },
     }
-    with factory.begin() as session:
-        submission = Submission(
+    with store.transaction() as tx:
+        ids = allocate(tx, {store_rows.Submission: 1, store_rows.ClientInstruction: 1})
+        submission = store_rows.Submission(
+            id=ids[store_rows.Submission][0],
             message_id=SEED_MESSAGE_ID,
             correlation_id=SEED_CORRELATION_ID,
             instruction_type="INTERNAL_CASH_TRANSFER",
@@ -99,9 +102,9 @@ def seed(database_url: str) -> None:
             created_at=T0,
             updated_at=T0,
         )
-        session.add(submission)
-        session.flush()
-        row = ClientInstruction(
+        tx.insert(submission)
+        row = store_rows.ClientInstruction(
+            id=ids[store_rows.ClientInstruction][0],
             client_instruction_id=SEED_ID,
             submission_id=submission.id,
             position=0,
@@ -118,12 +121,12 @@ def seed(database_url: str) -> None:
             created_at=T0,
             updated_at=T0,
         )
-        session.add(row)
-        change_status(session, row, "RECEIVED", reason="stored", actor="worker", now=T0)
-        change_status(session, row, "SUBMITTING", reason="sending", actor="worker", now=T0)
+        tx.insert(row)
+        change_status(tx, row, "RECEIVED", reason="stored", actor="worker", now=T0)
+        change_status(tx, row, "SUBMITTING", reason="sending", actor="worker", now=T0)
         row.instruction_id, row.instruction_set_id = 45123654, 1703
         change_status(
-            session,
+            tx,
             row,
             "PENDING",
             reason="IBKR answered 202",
@@ -133,7 +136,7 @@ def seed(database_url: str) -> None:
         )
         row.poll_count = 1
         change_status(
-            session,
+            tx,
             row,
             "PROCESSED",
             reason="IBKR reports PROCESSED",
@@ -141,8 +144,8 @@ def seed(database_url: str) -> None:
             now=T0 + timedelta(seconds=7),
             api=ApiCall("GET", "/gw/api/v1/client-instructions/{clientInstructionId}", 200, 84.2),
         )
-    record_dead_letter(factory, body=b"not json at all", reason="not a dramatiq message", now=T0)
-    engine.dispose()
+    record_dead_letter(store, body=b"not json at all", reason="not a dramatiq message", now=T0)
+    store.close()
 
 
 def libpq_url(sqlalchemy_url: str) -> str:

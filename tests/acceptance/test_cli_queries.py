@@ -173,7 +173,7 @@ def test_migrate_prints_the_revision_and_is_safe_to_run_again(cli: Cli) -> None:
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    from worker.migrate import head_revision
+    from worker.store.migrate import head_revision
 
     newest = head_revision()
     assert newest is not None and newest >= "0003"

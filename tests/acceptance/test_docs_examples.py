@@ -71,9 +71,9 @@ def test_every_json_example_is_accepted_by_submit(tmp_path: Path) -> None:
 
 
 def test_the_event_and_state_examples_have_exactly_the_keys_the_code_emits() -> None:
-    from models.views import tracked_state
     from worker.audit import audit_event_json
     from worker.tracking.record import outbox_values
+    from worker.tracking.state import tracked_state
 
     row = ClientInstruction(
         client_instruction_id=1,

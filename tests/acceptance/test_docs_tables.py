@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-from models import make_engine, make_session_factory
 from tests.acceptance.docs import ROOT
 
 
@@ -98,15 +97,16 @@ def test_the_configuration_table_is_the_code_s() -> None:
 
 def test_the_metrics_named_in_operating_md_are_the_ones_served(sqlite_url: str) -> None:
     from worker.metrics import Metrics
+    from worker.store import Store
 
     metrics = Metrics()
-    engine = make_engine(sqlite_url)
-    metrics.watch_database(make_session_factory(engine))
+    store = Store.connect(sqlite_url)
+    metrics.watch_database(store)
     served = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in metrics.registry.collect()
     }
-    engine.dispose()
+    store.close()
     text = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     table = set(re.findall(r"^\| `(ibkr_[a-z_]+)", section, flags=re.M))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -23,8 +24,17 @@ from worker.audit import (
     find_statuses_by_message_id,
     list_dead_letters,
 )
+from worker.store import Store, Tx
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Tx]:
+    """A store transaction on the database the sessions seed."""
+    store = Store(sessions.kw["bind"])
+    with store.transaction() as tx:
+        yield tx
 
 
 @pytest.fixture(params=["pg_url", "sqlite_url"])
@@ -75,8 +85,8 @@ def test_status_by_client_instruction_id_prefers_the_owning_row(
         session.add(_instruction(1012983, status="FAILED", duplicate_of_id=owner.id))
         session.add(_instruction(555, status="PENDING"))
 
-    with sessions.begin() as session:
-        state = find_status(session, client_instruction_id=1012983)
+    with reading(sessions) as tx:
+        state = find_status(tx, client_instruction_id=1012983)
 
     assert state is not None
     assert (state["clientInstructionId"], state["status"], state["instructionId"]) == (
@@ -95,8 +105,8 @@ def test_status_without_an_owning_row_is_the_newest_row(sessions: sessionmaker[S
         session.add(_instruction(77, status="FAILED", error_code="A", duplicate_of_id=other.id))
         session.add(_instruction(77, status="FAILED", error_code="B", duplicate_of_id=other.id))
 
-    with sessions.begin() as session:
-        state = find_status(session, client_instruction_id=77)
+    with reading(sessions) as tx:
+        state = find_status(tx, client_instruction_id=77)
 
     assert state is not None
     assert state["error"] == {"code": "B", "message": None}
@@ -106,18 +116,18 @@ def test_status_of_an_unknown_id_is_none(sessions: sessionmaker[Session]) -> Non
     with sessions.begin() as session:
         session.add(_instruction(1))
 
-    with sessions.begin() as session:
-        assert find_status(session, client_instruction_id=2) is None
-        assert find_status(session, message_id="nope") is None
-        assert find_statuses_by_message_id(session, "nope") == []
+    with reading(sessions) as tx:
+        assert find_status(tx, client_instruction_id=2) is None
+        assert find_status(tx, message_id="nope") is None
+        assert find_statuses_by_message_id(tx, "nope") == []
 
 
 def test_status_needs_exactly_one_key(sessions: sessionmaker[Session]) -> None:
-    with sessions.begin() as session:
+    with reading(sessions) as tx:
         with pytest.raises(ValueError, match="exactly one"):
-            find_status(session)
+            find_status(tx)
         with pytest.raises(ValueError, match="exactly one"):
-            find_status(session, client_instruction_id=1, message_id="m")
+            find_status(tx, client_instruction_id=1, message_id="m")
 
 
 def test_status_by_message_id_lists_every_bulk_member_in_request_order(
@@ -134,9 +144,9 @@ def test_status_by_message_id_lists_every_bulk_member_in_request_order(
         session.add(_instruction(11, submission_id=bulk.id, position=1))
         session.add(_instruction(20, submission_id=other.id, position=0))
 
-    with sessions.begin() as session:
-        states = find_statuses_by_message_id(session, "msg-bulk")
-        first = find_status(session, message_id="msg-bulk")
+    with reading(sessions) as tx:
+        states = find_statuses_by_message_id(tx, "msg-bulk")
+        first = find_status(tx, message_id="msg-bulk")
 
     assert [state["clientInstructionId"] for state in states] == [10, 11, 12]
     assert first is not None and first["clientInstructionId"] == 10
@@ -149,8 +159,8 @@ def test_status_by_message_id_finds_rows_that_carry_it_without_a_submission(
         session.add(_instruction(30, message_id="msg-single", status="FAILED"))
         session.add(_instruction(31, message_id="msg-else"))
 
-    with sessions.begin() as session:
-        states = find_statuses_by_message_id(session, "msg-single")
+    with reading(sessions) as tx:
+        states = find_statuses_by_message_id(tx, "msg-single")
 
     assert [(state["clientInstructionId"], state["status"]) for state in states] == [(30, "FAILED")]
 
@@ -250,21 +260,19 @@ def _minutes(events: list[dict[str, Any]]) -> list[int]:
 def test_audit_filters_return_exactly_the_matching_events_oldest_first(
     trail: sessionmaker[Session], filters: dict[str, Any], expected_minutes: list[int]
 ) -> None:
-    with trail.begin() as session:
-        events = audit_trail(session, **filters)
+    with reading(trail) as tx:
+        events = audit_trail(tx, **filters)
 
     assert _minutes(events) == expected_minutes
 
 
 def test_audit_since_is_inclusive_and_until_exclusive(trail: sessionmaker[Session]) -> None:
-    with trail.begin() as session:
-        window = audit_trail(
-            session, since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=4)
-        )
-        since_only = audit_trail(session, since=T0 + timedelta(minutes=4))
-        until_only = audit_trail(session, until=T0 + timedelta(minutes=1))
+    with reading(trail) as tx:
+        window = audit_trail(tx, since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=4))
+        since_only = audit_trail(tx, since=T0 + timedelta(minutes=4))
+        until_only = audit_trail(tx, until=T0 + timedelta(minutes=1))
         keyed = audit_trail(
-            session,
+            tx,
             client_instruction_id=1,
             since=T0 + timedelta(minutes=2),
             until=T0 + timedelta(minutes=4),
@@ -280,20 +288,20 @@ def test_audit_times_in_other_zones_and_naive_times_mean_the_same_instant(
     trail: sessionmaker[Session],
 ) -> None:
     paris = timezone(timedelta(hours=1))
-    with trail.begin() as session:
-        aware = audit_trail(session, since=datetime(2026, 11, 24, 11, 3, tzinfo=paris))
-        naive = audit_trail(session, since=datetime(2026, 11, 24, 10, 3))
+    with reading(trail) as tx:
+        aware = audit_trail(tx, since=datetime(2026, 11, 24, 11, 3, tzinfo=paris))
+        naive = audit_trail(tx, since=datetime(2026, 11, 24, 10, 3))
 
     assert _minutes(aware) == _minutes(naive) == [3, 4, 5]
 
 
 def test_audit_limit_keeps_the_oldest(trail: sessionmaker[Session]) -> None:
-    with trail.begin() as session:
-        first_two = audit_trail(session, limit=2)
-        keyed = audit_trail(session, client_instruction_id=1, limit=1)
-        timed = audit_trail(session, since=T0 + timedelta(minutes=2), limit=2)
+    with reading(trail) as tx:
+        first_two = audit_trail(tx, limit=2)
+        keyed = audit_trail(tx, client_instruction_id=1, limit=1)
+        timed = audit_trail(tx, since=T0 + timedelta(minutes=2), limit=2)
         with pytest.raises(ValueError, match="limit"):
-            audit_trail(session, limit=0)
+            audit_trail(tx, limit=0)
 
     assert _minutes(first_two) == [0, 1]
     assert _minutes(keyed) == [0]
@@ -301,8 +309,8 @@ def test_audit_limit_keeps_the_oldest(trail: sessionmaker[Session]) -> None:
 
 
 def test_audit_events_have_exactly_the_contract_shape(trail: sessionmaker[Session]) -> None:
-    with trail.begin() as session:
-        events = audit_trail(session, client_instruction_id=1)
+    with reading(trail) as tx:
+        events = audit_trail(tx, client_instruction_id=1)
 
     assert events[1] == {
         "at": "2026-11-24T10:02:00Z",
@@ -330,10 +338,10 @@ def test_audit_time_range_alone_is_ordered_by_time(sessions: sessionmaker[Sessio
         session.add(_event(5, client_instruction_id=1))
         session.add(_event(3, client_instruction_id=2))
 
-    with sessions.begin() as session:
-        by_time = audit_trail(session, since=T0)
-        by_record = audit_trail(session, client_instruction_id=1) + audit_trail(
-            session, client_instruction_id=2
+    with reading(sessions) as tx:
+        by_time = audit_trail(tx, since=T0)
+        by_record = audit_trail(tx, client_instruction_id=1) + audit_trail(
+            tx, client_instruction_id=2
         )
 
     assert _minutes(by_time) == [3, 5]
@@ -363,9 +371,9 @@ def test_dead_letters_are_listed_oldest_first_with_their_details(
                 )
             )
 
-    with sessions.begin() as session:
-        letters = list_dead_letters(session)
-        first_two = list_dead_letters(session, limit=2)
+    with reading(sessions) as tx:
+        letters = list_dead_letters(tx)
+        first_two = list_dead_letters(tx, limit=2)
 
     assert [letter["body"] for letter in letters] == ["not json 0", "not json 1", "not json 2"]
     assert [letter["id"] for letter in first_two] == [letter["id"] for letter in letters[:2]]
@@ -390,5 +398,5 @@ def test_dead_letters_are_listed_oldest_first_with_their_details(
 
 
 def test_no_dead_letters_is_an_empty_list(sessions: sessionmaker[Session]) -> None:
-    with sessions.begin() as session:
-        assert list_dead_letters(session) == []
+    with reading(sessions) as tx:
+        assert list_dead_letters(tx) == []

@@ -6,57 +6,58 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
-from models import make_engine, make_session_factory, next_client_instruction_id
+from worker.store import Store
+from worker.store.ids import next_client_instruction_id
 
 START = 1_000_000_000
 
 
+class RolledBack(Exception):
+    pass
+
+
 @pytest.fixture(params=["pg_url", "sqlite_url"])
-def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    """A session factory on a migrated database of each kind."""
-    engine = make_engine(request.getfixturevalue(request.param), pool_size=8)
-    yield make_session_factory(engine)
-    engine.dispose()
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A store on a migrated database of each kind."""
+    store = Store.connect(request.getfixturevalue(request.param), pool_size=8)
+    yield store
+    store.close()
 
 
-def _take(sessions: sessionmaker[Session], start: int = START) -> int:
-    with sessions.begin() as session:
-        return next_client_instruction_id(session, start)
+def _take(store: Store, start: int = START) -> int:
+    with store.transaction() as tx:
+        return next_client_instruction_id(tx, start)
 
 
-def test_ids_start_at_the_configured_start_and_are_sequential(
-    sessions: sessionmaker[Session],
-) -> None:
-    ids = [_take(sessions) for _ in range(5)]
+def test_ids_start_at_the_configured_start_and_are_sequential(store: Store) -> None:
+    ids = [_take(store) for _ in range(5)]
 
     assert ids == [START, START + 1, START + 2, START + 3, START + 4]
 
 
-def test_a_different_start_shifts_the_same_sequence(sessions: sessionmaker[Session]) -> None:
-    assert _take(sessions, start=500) == 500
-    assert _take(sessions, start=500) == 501
+def test_a_different_start_shifts_the_same_sequence(store: Store) -> None:
+    assert _take(store, start=500) == 500
+    assert _take(store, start=500) == 501
 
 
 def test_an_id_taken_in_a_rolled_back_transaction_is_not_handed_out_twice_on_postgresql(
     pg_url: str,
 ) -> None:
-    engine = make_engine(pg_url)
-    sessions = make_session_factory(engine)
-    with sessions() as session:
-        session.begin()
-        first = next_client_instruction_id(session, START)
-        session.rollback()
+    store = Store.connect(pg_url)
+    first = None
+    with pytest.raises(RolledBack), store.transaction() as tx:
+        first = next_client_instruction_id(tx, START)
+        raise RolledBack
 
-    second = _take(sessions)
-    engine.dispose()
+    second = _take(store)
+    store.close()
 
     # A sequence never goes back: a gap, never a duplicate.
-    assert second > first
+    assert first is not None and second > first
 
 
-def test_concurrent_callers_never_get_the_same_id(sessions: sessionmaker[Session]) -> None:
+def test_concurrent_callers_never_get_the_same_id(store: Store) -> None:
     per_thread = 50
     results: list[list[int]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
@@ -66,7 +67,7 @@ def test_concurrent_callers_never_get_the_same_id(sessions: sessionmaker[Session
         try:
             barrier.wait()
             for _ in range(per_thread):
-                results[slot].append(_take(sessions))
+                results[slot].append(_take(store))
         except BaseException as error:
             errors.append(error)
 

@@ -14,11 +14,11 @@ from models.db import make_engine
 from models.tables import RateLimitGrant
 from worker.ibkr.ratelimit import (
     MemoryLedger,
-    SqlLedger,
     WindowLimit,
     client_bucket,
     endpoint_bucket,
 )
+from worker.store.ratelimit import SqlLedger
 
 pytestmark = pytest.mark.postgres
 
@@ -99,7 +99,7 @@ def test_the_database_function_grants_what_the_python_rule_grants(
 ) -> None:  # type: ignore[no-untyped-def]
     """`rate_limit_grant` (migration 0002) and `ratelimit.grant_batch` are one rule: for the same
     calls (some with a deadline they may refuse) they grant, and refuse, the same."""
-    from worker.migrate import upgrade_to_head
+    from worker.store.migrate import upgrade_to_head
 
     url = pg_database_factory()
     upgrade_to_head(url)

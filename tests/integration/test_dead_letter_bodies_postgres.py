@@ -9,25 +9,26 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from models import DeadLetter, make_engine, make_session_factory
+from models import DeadLetter, make_session_factory
+from worker.store import Store
 from worker.tracking.deadletters import letters_to_replay, record_dead_letter
 
 pytestmark = pytest.mark.postgres
 
 
 def test_a_body_with_nul_bytes_is_recorded_and_counted_again_when_seen_again(pg_url: str) -> None:
-    engine = make_engine(pg_url)
-    factory = make_session_factory(engine)
+    store = Store.connect(pg_url)
     body = b"\xff\xfe\x00\x01 binary garbage \x00"
     try:
         now = datetime.now(UTC)
-        first = record_dead_letter(factory, body=body, reason="not a message \x00", now=now)
-        again = record_dead_letter(factory, body=body, reason="not a message \x00", now=now)
-        with factory() as session:
+        first = record_dead_letter(store, body=body, reason="not a message \x00", now=now)
+        again = record_dead_letter(store, body=body, reason="not a message \x00", now=now)
+        with make_session_factory(store.engine)() as session:
             [letter] = session.execute(select(DeadLetter)).scalars().all()
-            [replay] = letters_to_replay(session, [letter.id])
+        with store.transaction() as tx:
+            [replay] = letters_to_replay(tx, [letter.id])
     finally:
-        engine.dispose()
+        store.close()
     assert first == again == letter.id
     assert letter.seen_count == 2 and letter.body_size == len(body)
     assert "\x00" not in letter.body and "binary garbage" in letter.body

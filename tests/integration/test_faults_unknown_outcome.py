@@ -23,8 +23,8 @@ from worker.clock import SystemClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
-from worker.migrate import upgrade_to_head
 from worker.sandbox import Sandbox, SandboxConfig
+from worker.store.migrate import upgrade_to_head
 from worker.tracking.decisions import Action, AttemptFate, Decision, lookup
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -103,9 +103,9 @@ def test_lost_held_and_late_answers_end_in_ibkr_status_and_move_money_exactly_on
 def _final(ctx: Any) -> bool:
     from sqlalchemy import select
 
-    from models import ClientInstruction
+    from models import ClientInstruction, make_session_factory
 
-    with ctx.session_factory() as session:
+    with make_session_factory(ctx.store.engine)() as session:
         return session.execute(select(ClientInstruction.final_at)).scalar() is not None
 
 
@@ -150,11 +150,11 @@ def in_process_run(tmp_path: Path, key: Any, public_pem: bytes) -> int:
         clock=clock,
         rate_limiter=RateLimiter(MemoryLedger(), 0, 0, 0.0, clock),
     )
-    from models import make_engine, make_session_factory
+    from worker.store import Store
 
     ctx = TrackingContext(
         settings=settings,
-        session_factory=make_session_factory(make_engine(url)),
+        store=Store.connect(url),
         ibkr=client,
         clock=clock,
         actor="worker",

@@ -7,15 +7,23 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.exc import DataError
+from sqlalchemy import event, func, select
 
 from models import AuditEvent, ClientInstruction, Instruction, InstructionSet, OutboxEvent
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.actors import grouped_steps
 from worker.clock import ManualClock
+from worker.store import Store
+from worker.store.errors import ValueRefused
+from worker.store.group import GroupCommit
 from worker.tracking.context import TrackingContext
-from worker.tracking.group import GroupCommit
 from worker.tracking.intake import Inbound, Intake, Unprocessable, receive_all
 from worker.tracking.submit import Answer, record_answers
 
@@ -25,20 +33,20 @@ def context(pg_url: str) -> TrackingContext:
 
 
 def rows(ctx: TrackingContext) -> list[ClientInstruction]:
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         return list(
             session.execute(select(ClientInstruction).order_by(ClientInstruction.id)).scalars()
         )
 
 
 def count(ctx: TrackingContext, model: Any) -> int:
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         return int(session.execute(select(func.count()).select_from(model)).scalar_one())
 
 
 def receive_together(ctx: TrackingContext, inbounds: list[Inbound]) -> list[Any]:
-    with ctx.session_factory.begin() as session:
-        finishes = receive_all(session, ctx, inbounds)
+    with ctx.store.transaction() as tx:
+        finishes = receive_all(tx, ctx, inbounds)
     return [finish() if finish is not None else None for finish in finishes]
 
 
@@ -56,7 +64,7 @@ def test_many_requests_in_one_transaction_get_rows_ids_in_order_and_their_events
     assert [r.submission_id for r in stored] == sorted(i.submission_id for i in intakes)
     assert {r.status for r in stored} == {"SUBMITTING"}
     assert count(ctx, AuditEvent) == 20 and count(ctx, OutboxEvent) == 20
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         trail = session.execute(
             select(AuditEvent.client_instruction_pk, AuditEvent.to_status).order_by(AuditEvent.id)
         ).all()
@@ -86,14 +94,14 @@ def test_a_value_the_database_refuses_fails_the_whole_batch_and_nothing_of_it_is
     ctx = context(pg_url)
     good = Inbound(transfer(9200), None, "m-good", True)
     bad = Inbound(transfer(9201), "nul\x00byte", "m-bad", True)  # PostgreSQL refuses NUL
-    with pytest.raises(DataError):
+    with pytest.raises(ValueRefused):
         receive_together(ctx, [good, bad])
     assert rows(ctx) == [] and count(ctx, AuditEvent) == 0
 
 
 def test_through_the_group_a_refused_request_harms_none_of_the_others(pg_url: str) -> None:
     ctx = context(pg_url)
-    group = GroupCommit(ctx.session_factory)
+    group = GroupCommit(ctx.store)
     steps = grouped_steps(ctx, group)
     inbounds = [Inbound(transfer(9300 + i), None, f"m-{i}", True) for i in range(8)]
     inbounds.append(Inbound(transfer(9399), "nul\x00byte", "m-bad", True))
@@ -147,8 +155,8 @@ def test_answers_recorded_together_end_as_they_would_alone(pg_url: str) -> None:
         Answer(bulk_intake.attempt, answer(202, bulk_body), now),
         Answer(pending.attempt, answer(202, envelope(202, 78, 9401, "PENDING", 601)), now),
     ]
-    with ctx.session_factory.begin() as session:
-        record_answers(session, ctx, answers)
+    with ctx.store.transaction() as tx:
+        record_answers(tx, ctx, answers)
     status = {r.client_instruction_id: r.status for r in rows(ctx)}
     assert status == {
         9400: "PROCESSED",
@@ -157,7 +165,7 @@ def test_answers_recorded_together_end_as_they_would_alone(pg_url: str) -> None:
         9501: "PENDING",
         9502: "PENDING",
     }
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         sets = {
             s.instruction_set_id: s.member_count
             for s in session.execute(select(InstructionSet)).scalars()
@@ -176,12 +184,12 @@ def test_a_lost_writer_connection_fails_one_batch_its_steps_run_alone_and_it_rec
 ) -> None:
     from sqlalchemy import text
 
-    from models import make_engine, make_session_factory
+    from models import make_engine
 
     ctx = context(pg_url)
     # As the worker's writer has it: a connection of its own, not pinged before a batch.
-    writer_engine = make_engine(pg_url, pool_size=1, pre_ping=False)
-    group = GroupCommit(make_session_factory(writer_engine))
+    writer = Store.connect(pg_url, pool_size=1, pre_ping=False)
+    group = GroupCommit(writer)
     steps = grouped_steps(ctx, group)
     try:
         first = group.run(steps.receive, Inbound(transfer(9500), None, "m-1", True))
@@ -196,8 +204,44 @@ def test_a_lost_writer_connection_fails_one_batch_its_steps_run_alone_and_it_rec
         third = group.run(steps.receive, Inbound(transfer(9502), None, "m-3", True))
     finally:
         group.stop()
-        writer_engine.dispose()
+        writer.close()
     assert [i.disposition for i in (first, second, third)] == ["new"] * 3
     assert group.stats["failed_batches"] == 1 and group.stats["alone"] == 1
     assert group.stats["batches"] == 2  # the first and the third, on a new connection
     assert [r.client_instruction_id for r in rows(ctx)] == [9500, 9501, 9502]
+
+
+def test_the_hot_path_sends_a_few_statements_per_batch_and_no_executemany(pg_url: str) -> None:
+    """Receiving and recording a batch writes with explicit statements over arrays (the store's
+    `batched`): their number does not grow with the batch, and none is an executemany (which
+    psycopg sends one row at a time)."""
+    ctx = context(pg_url)
+    seen: list[tuple[str, bool]] = []
+
+    def _seen(_c: Any, _cursor: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+        seen.append((statement, many))
+
+    event.listen(ctx.store.engine, "before_cursor_execute", _seen)
+    counts: dict[int, tuple[int, int]] = {}
+    for size, first in ((5, 9700), (40, 9800)):
+        seen.clear()
+        inbounds = [Inbound(transfer(first + i), None, f"h-{first + i}", True) for i in range(size)]
+        intakes = receive_together(ctx, inbounds)
+        received = len(seen)
+        now = ctx.clock.now()
+        answers = [
+            Answer(
+                intake.attempt,
+                answer(201, envelope(201, first + i, first + i, "PROCESSED", first + i)),
+                now,
+            )
+            for i, intake in enumerate(intakes)
+        ]
+        with ctx.store.transaction() as tx:
+            record_answers(tx, ctx, answers)
+        assert not any(many for _, many in seen), [s for s, many in seen if many]
+        counts[size] = (received, len(seen) - received)
+    # Receiving: the look-ups, the ids (drawn ahead: the second batch needs none), one INSERT;
+    # recording: the locked rows, IBKR's rows, one INSERT, one UPDATE per table.
+    assert counts[40][0] <= counts[5][0] <= 4 and counts[5][1] == counts[40][1] <= 6, counts
+    assert {r.status for r in rows(ctx)} == {"PROCESSED"}

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from models import Base, make_engine
-from worker.migrate import (
+from worker.store.migrate import (
     current_revision,
     downgrade_to_base,
     head_revision,

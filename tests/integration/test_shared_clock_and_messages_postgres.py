@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 import worker.clock
 from models import ClientInstruction, InboundMessage, Submission
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, transfer
+from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, sessions, transfer
 from worker.config import Settings
 from worker.runtime import build_runtime
 from worker.tracking.intake import Intake, receive
@@ -58,7 +58,7 @@ def test_one_message_delivered_to_two_processes_at_once_is_one_request(
             thread.start()
         for thread in threads:
             thread.join()
-        with runtimes[0].ctx.session_factory() as session:
+        with sessions(runtimes[0].ctx)() as session:
             submissions = session.execute(select(func.count()).select_from(Submission)).scalar()
             messages = session.execute(select(func.count()).select_from(InboundMessage)).scalar()
             cids = session.execute(select(ClientInstruction.client_instruction_id)).scalars().all()

@@ -5,14 +5,16 @@ received with the failure count reset."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter, DeadLetterOriginal, MessageFailure, make_engine, make_session_factory
+from models import DeadLetter, DeadLetterOriginal, MessageFailure, make_session_factory
 from worker.audit import list_dead_letters
+from worker.store import Store
 from worker.tracking.deadletters import (
     MAX_BODY_BYTES,
     body_view,
@@ -27,8 +29,16 @@ BANK = "004455667788"
 
 
 @pytest.fixture
-def factory(sqlite_url: str) -> sessionmaker[Session]:
-    return make_session_factory(make_engine(sqlite_url))
+def store(sqlite_url: str) -> Iterator[Store]:
+    store = Store.connect(sqlite_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def factory(store: Store) -> sessionmaker[Session]:
+    """ORM sessions on the store's database, to look at what it wrote."""
+    return make_session_factory(store.engine)
 
 
 def message(note: str = "hello", **instruction: object) -> bytes:
@@ -68,52 +78,52 @@ def test_a_long_body_is_cut_at_64_kib_and_flagged() -> None:
     assert len(view.text.encode()) <= MAX_BODY_BYTES and view.changes == ["truncated"]
 
 
-def test_the_original_bytes_are_kept_apart_and_replayed_unchanged(
-    factory: sessionmaker[Session],
-) -> None:
+def test_the_original_bytes_are_kept_apart_and_replayed_unchanged(store: Store) -> None:
     raw = b"\xff\xfe\x00\x01 bankAccountNumber=" + BANK.encode() + b" \x00"
-    letter_id = record_dead_letter(factory, body=raw, reason="not UTF-8", now=NOW)
-    with factory.begin() as session:
-        [replay] = letters_to_replay(session, [letter_id])
+    letter_id = record_dead_letter(store, body=raw, reason="not UTF-8", now=NOW)
+    with store.transaction() as tx:
+        [replay] = letters_to_replay(tx, [letter_id])
         assert replay.original == raw  # byte for byte, NUL and invalid UTF-8 included
         assert BANK not in replay.letter.body
-    with factory() as session:
-        [shown] = list_dead_letters(session)
+    with store.transaction() as tx:
+        [shown] = list_dead_letters(tx)
     assert BANK not in json.dumps(shown)
     assert shown["bodyIsOriginal"] is False and shown["replayable"] is True
     assert shown["bodyChanges"] == ["masked", "replaced"]
 
 
 def test_a_body_above_the_size_limit_is_not_kept_and_cannot_be_replayed(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
     prefix = message()[:100]
     letter_id = record_dead_letter(
-        factory, body=prefix, reason="too big", now=NOW, received_bytes=5_000_000
+        store, body=prefix, reason="too big", now=NOW, received_bytes=5_000_000
     )
     with factory() as session:
         letter = session.get(DeadLetter, letter_id)
         assert letter is not None and letter.body_size == 5_000_000 and letter.truncated
         assert session.execute(select(DeadLetterOriginal)).first() is None
-    with factory() as session, pytest.raises(ValueError, match="not kept whole"):
-        letters_to_replay(session, [letter_id])
+    with store.transaction() as tx, pytest.raises(ValueError, match="not kept whole"):
+        letters_to_replay(tx, [letter_id])
 
 
 def test_the_same_message_seen_again_is_counted_on_its_letter(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
-    first = record_dead_letter(factory, body=message(), reason="a", now=NOW, message_id="m-1")
-    again = record_dead_letter(factory, body=message(), reason="b", now=NOW, message_id="m-1")
-    other = record_dead_letter(factory, body=message("x"), reason="c", now=NOW, message_id="m-1")
+    first = record_dead_letter(store, body=message(), reason="a", now=NOW, message_id="m-1")
+    again = record_dead_letter(store, body=message(), reason="b", now=NOW, message_id="m-1")
+    other = record_dead_letter(store, body=message("x"), reason="c", now=NOW, message_id="m-1")
     assert first == again != other
     with factory() as session:
         letter = session.get(DeadLetter, first)
         assert letter is not None and letter.seen_count == 2 and letter.reason == "b"
 
 
-def test_replay_resets_the_failure_count_of_the_message(factory: sessionmaker[Session]) -> None:
+def test_replay_resets_the_failure_count_of_the_message(
+    store: Store, factory: sessionmaker[Session]
+) -> None:
     raw = message()
-    letter_id = record_dead_letter(factory, body=raw, reason="x", now=NOW, message_id="m-1")
+    letter_id = record_dead_letter(store, body=raw, reason="x", now=NOW, message_id="m-1")
     with factory.begin() as session:
         for key in ("m-1", failure_key(None, raw), "other"):
             session.add(
@@ -125,8 +135,8 @@ def test_replay_resets_the_failure_count_of_the_message(factory: sessionmaker[Se
                     last_failed_at=NOW,
                 )
             )
-    with factory.begin() as session:
-        mark_replayed(session, letters_to_replay(session, [letter_id]), NOW)
+    with store.transaction() as tx:
+        mark_replayed(tx, letters_to_replay(tx, [letter_id]), NOW)
     with factory() as session:
         assert list(session.execute(select(MessageFailure.key)).scalars()) == ["other"]
         letter = session.get(DeadLetter, letter_id)

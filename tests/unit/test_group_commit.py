@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
-from models import make_engine, make_session_factory
-from worker.tracking.group import GroupCommit, StepKind
+from worker.store import Store, Tx
+from worker.store.group import GroupCommit, StepKind
 
 
 class Recorder:
@@ -24,7 +23,7 @@ class Recorder:
         self.hold_first = hold_first
         self.entered = threading.Event()
 
-    def batch(self, session: Session, items: Sequence[Any]) -> list[Callable[[], Any] | None]:
+    def batch(self, tx: Tx, items: Sequence[Any]) -> list[Callable[[], Any] | None]:
         self.batches.append(list(items))
         self.entered.set()
         if self.hold_first is not None and len(self.batches) == 1:
@@ -39,7 +38,7 @@ class Recorder:
             if item == "mine-fails":
                 finishes.append(_raiser(ValueError("only this step failed")))
                 continue
-            session.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": str(item)})
+            tx.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": str(item)})
             finishes.append(lambda item=item: f"done {item}")
         return finishes
 
@@ -57,16 +56,16 @@ def _raiser(error: Exception) -> Callable[[], Any]:
 
 @pytest.fixture
 def factory(tmp_path: Any) -> Any:
-    engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
-    with engine.begin() as connection:
+    store = Store.connect(f"sqlite:///{tmp_path / 'g.db'}")
+    with store.engine.begin() as connection:
         connection.execute(text("CREATE TABLE t (v TEXT)"))
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield store
+    store.close()
 
 
-def stored(factory: Any) -> list[str]:
-    with factory() as session:
-        return sorted(v for (v,) in session.execute(text("SELECT v FROM t")))
+def stored(store: Store) -> list[str]:
+    with store.engine.connect() as connection:
+        return sorted(v for (v,) in connection.execute(text("SELECT v FROM t")))
 
 
 def run_in_threads(group: GroupCommit, kind: StepKind[Any, Any], items: list[Any]) -> dict:

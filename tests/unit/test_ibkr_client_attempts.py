@@ -182,7 +182,7 @@ class OversleepingClock(ManualClock):
 def test_a_request_too_late_for_its_slot_takes_a_new_one_and_never_goes_anyway(
     rsa_private_key: Any,
 ) -> None:
-    """Guard: the lateness check before the first byte (`IbkrClient._send_in_slot`'s check;
+    """Guard: the lateness check before the first byte (`SlotGate._depart` in ibkr.attempt;
     make it return without raising and the late request leaves 0.5 s after its slot)."""
     clock = OversleepingClock(late_s=0.5, late_times=1)
     left: list[float] = []

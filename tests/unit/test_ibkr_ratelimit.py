@@ -21,7 +21,6 @@ from worker.ibkr.ratelimit import (
     MemoryLedger,
     RateLimiter,
     SlotReserver,
-    SqlLedger,
     WindowLimit,
     client_bucket,
     earliest,
@@ -29,6 +28,7 @@ from worker.ibkr.ratelimit import (
     grant_batch,
     refused,
 )
+from worker.store.ratelimit import SqlLedger
 
 T0 = 1_800_000_000.0
 PER_SECOND, PER_MINUTE, MARGIN = 10, 600, 0.05

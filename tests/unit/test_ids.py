@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from worker import jsontext
 from worker.ibkr import ids
 from worker.ibkr.responses import parse_response
-from worker.tracking import intake
+from worker.tracking import checks
 
 
 @pytest.mark.parametrize(
@@ -84,12 +84,20 @@ def test_0_is_no_client_instruction_id() -> None:
 
 
 def test_intake_reads_client_instruction_ids_with_the_shared_reader() -> None:
-    """The intake of invalid requests tracks them by the same domain (its `_as_id` is the
-    shared reader): a negative id is tracked, 0 and out-of-range ids are not."""
-    assert intake._as_id(-1988905739) == -1988905739
-    assert intake._as_id(1012983.0) == 1012983
-    assert intake._as_id(0) is None
-    assert intake._as_id(2**53) is None
+    """The intake of invalid requests tracks them by the same domain (the shared reader): a
+    negative id is tracked, 0 and out-of-range ids are not (the request is unprocessable)."""
+
+    def tracked_ids(value: Any) -> tuple[int | None, ...] | None:
+        member = {"clientInstructionId": value, "amount": "not a number"}
+        request = {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": member}
+        checked = checks.check(checks.Inbound(request, None, "m-1"))
+        assert checked.parsed is None  # invalid: identified only
+        return checked.ids if checked.unprocessable is None else None
+
+    assert tracked_ids(-1988905739) == (-1988905739,)
+    assert tracked_ids(1012983.0) == (1012983,)
+    assert tracked_ids(0) is None
+    assert tracked_ids(2**53) is None
 
 
 def _answer(result: dict[str, Any], **envelope: Any) -> Any:

@@ -17,11 +17,17 @@ import pytest
 from dramatiq import Worker
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter, MessageFailure, make_engine, make_session_factory
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from models import DeadLetter, MessageFailure
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.actors import declare_actors
 from worker.broker import ACTOR_NAME, QUEUE_NAME, make_broker
 from worker.clock import ManualClock
@@ -33,6 +39,8 @@ from worker.inbound.retries import (
     Retrier,
     backoff_s,
 )
+from worker.store import Store
+from worker.store.errors import DatabaseAway
 
 NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 
@@ -161,8 +169,9 @@ class RecordingClock(ManualClock):
         super().sleep(seconds)
 
 
-def database_away() -> OperationalError:
-    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+def database_away() -> DatabaseAway:
+    """What the store raises when the database refuses connections."""
+    return DatabaseAway("connection refused", "ConnectionRefusedError")
 
 
 def arrival(kwargs: dict[str, Any] | None = None, message_id: str = "m-1") -> Any:
@@ -182,7 +191,7 @@ def failures(factory: sessionmaker[Session]) -> dict[str, int]:
 
 
 def test_a_service_away_is_waited_out_with_backoff_and_the_count_dropped_after(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
     clock = RecordingClock()
     calls: list[int] = []
@@ -193,13 +202,13 @@ def test_a_service_away_is_waited_out_with_backoff_and_the_count_dropped_after(
             raise database_away()
         assert failures(factory) == {"m-1": 3}  # counted where no producer can write
 
-    Retrier.for_database(factory, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
+    Retrier.for_database(store, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
     assert len(calls) == 4 and clock.sleeps == [1.0, 2.0, 4.0]
     assert failures(factory) == {} and letters(factory) == []
 
 
 def test_a_bug_is_set_aside_after_three_tries_with_its_reason(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
     clock = RecordingClock()
     calls: list[int] = []
@@ -208,7 +217,7 @@ def test_a_bug_is_set_aside_after_three_tries_with_its_reason(
         calls.append(1)
         raise ValueError("bankAccountNumber 004455667788 broke something")
 
-    Retrier.for_database(factory, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
+    Retrier.for_database(store, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
     assert len(calls) == OTHER_FAILURES and sum(clock.sleeps) <= 3.0
     [letter] = letters(factory)
     assert letter.message_id == "m-1" and letter.original_kept
@@ -218,7 +227,7 @@ def test_a_bug_is_set_aside_after_three_tries_with_its_reason(
 
 
 def test_a_service_away_for_good_ends_in_a_dead_letter_after_twelve_tries(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
     clock = RecordingClock()
     calls: list[int] = []
@@ -227,19 +236,19 @@ def test_a_service_away_for_good_ends_in_a_dead_letter_after_twelve_tries(
         calls.append(1)
         raise database_away()
 
-    Retrier.for_database(factory, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
+    Retrier.for_database(store, clock, QUEUE_NAME).run(arrival(), "m-1", False, handle)
     assert len(calls) == SERVICE_AWAY_FAILURES
     assert clock.sleeps == [backoff_s(n) for n in range(1, SERVICE_AWAY_FAILURES)]
     assert 300 < sum(clock.sleeps) < 420  # about six minutes
-    assert "failed 12 times; last: OperationalError" in letters(factory)[0].reason
+    assert "failed 12 times; last: DatabaseAway" in letters(factory)[0].reason
 
 
 def test_a_message_delivered_again_too_often_is_set_aside_unhandled(
-    factory: sessionmaker[Session],
+    store: Store, factory: sessionmaker[Session]
 ) -> None:
     """A message that kills the process each time comes back `redelivered`: each return is a
     failure, so it cannot come back forever."""
-    retrier = Retrier.for_database(factory, RecordingClock(), QUEUE_NAME)
+    retrier = Retrier.for_database(store, RecordingClock(), QUEUE_NAME)
     with factory.begin() as session:
         session.add(
             MessageFailure(
@@ -255,15 +264,17 @@ def test_a_message_delivered_again_too_often_is_set_aside_unhandled(
 
 
 def test_failures_are_counted_in_memory_while_the_database_is_away(tmp_path: Any) -> None:
-    away = make_session_factory(make_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite"))
+    away = Store.connect(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
     retrier = Retrier.for_database(away, RecordingClock(), QUEUE_NAME)
     assert [retrier.counts.add("m-1", "x", NOW) for _ in range(3)] == [1, 2, 3]
 
 
-def test_a_refused_message_is_set_aside_at_once(factory: sessionmaker[Session]) -> None:
+def test_a_refused_message_is_set_aside_at_once(
+    store: Store, factory: sessionmaker[Session]
+) -> None:
     raw = b"\xff not a message"
     refused = inspect(raw, max_message_bytes=2**21, actor_name=ACTOR_NAME)[0]
-    Retrier.for_database(factory, RecordingClock(), QUEUE_NAME).run(
+    Retrier.for_database(store, RecordingClock(), QUEUE_NAME).run(
         refused, "", False, lambda: pytest.fail("must not be handled")
     )
     [letter] = letters(factory)
@@ -284,7 +295,7 @@ def test_the_worker_actor_sets_aside_what_the_edge_refused(sqlite_url: str) -> N
     finally:
         worker.stop()
         broker.close()
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         reasons = list(session.execute(select(DeadLetter.reason)).scalars())
     assert len(reasons) == 1 and "nested deeper than 32" in reasons[0]
     assert ibkr.count("POST") == 1
@@ -310,7 +321,7 @@ def assemble(assembler: Any, body: bytes, chunk: int = 4096) -> Any:
 def test_pika_keeps_only_the_beginning_and_the_end_of_a_body_above_the_limit() -> None:
     """RabbitMQ lets 128 MiB through by default; pika would hold such a body twice before the
     edge could look at its size. Revert check: with pika's own assembler the body is whole."""
-    from worker.inbound.edge import BoundedContentAssembler, OversizedBody
+    from worker._compat import BoundedContentAssembler, OversizedBody
 
     assembler = BoundedContentAssembler(limit_bytes=100_000)
     small = raw_message({"request": {"note": "x" * 50_000}})

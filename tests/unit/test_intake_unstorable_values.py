@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.exc import DataError
 
 from models import ClientInstruction
-from tests.unit.tracking_support import ScriptedIbkr, make_context, transfer
+from tests.unit.tracking_support import ScriptedIbkr, make_context, sessions, transfer
 from worker.clock import ManualClock
 from worker.tracking import intake
 from worker.tracking.intake import Unprocessable, receive
@@ -24,7 +24,7 @@ def test_an_amount_beyond_the_column_ends_failed_naming_the_field(
     ctx = make_context(sqlite_url, ibkr, ManualClock())
     result = receive(ctx, request=transfer(amount=amount), correlation_id=None, message_id="m-1")
     assert result.disposition == "failed"
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [row] = session.query(ClientInstruction).all()
     assert row.status == "FAILED" and "instruction.amount" in (row.error_message or "")
     assert ibkr.calls == []

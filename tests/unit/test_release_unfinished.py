@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from models import ClientInstruction
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.actors import handle_message
 from worker.clock import ManualClock
 from worker.tracking import submit
@@ -25,7 +32,7 @@ class Message:
 
 
 def row(ctx: Any) -> ClientInstruction:
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [found] = session.query(ClientInstruction).all()
         return found
 

@@ -4,17 +4,26 @@ processes (two tracking contexts with their own leases) where it takes two."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from models import AuditEvent, ClientInstruction, InboundMessage, OutboxEvent, Submission
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.clock import ManualClock
 from worker.ibkr.responses import ApiResult, Outcome, no_response
+from worker.store import Tx
 from worker.tracking.context import TrackingContext
 from worker.tracking.intake import Unprocessable, receive
 from worker.tracking.poll import claim_due, run_round
@@ -38,7 +47,7 @@ def second_process(ctx: TrackingContext, ibkr: ScriptedIbkr) -> TrackingContext:
 
 
 def the_row(ctx: TrackingContext) -> ClientInstruction:
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [row] = session.execute(select(ClientInstruction)).scalars().all()
         return row
 
@@ -115,11 +124,19 @@ def test_no_other_process_can_take_the_row_between_the_decision_to_resend_and_th
     other = second_process(ctx, other_ibkr)
     fired: list[int] = []
 
-    def run_the_other_right_after(session: Any) -> None:
+    def run_the_other_right_after() -> None:
         if ibkr.armed and not fired:
             fired.append(1)
             clock.advance(3)
             run_round(other)
+
+    transaction = ctx.store.transaction
+
+    @contextmanager
+    def then_the_other() -> Iterator[Tx]:
+        with transaction() as tx:
+            yield tx
+        run_the_other_right_after()
 
     received = receive(ctx, request=transfer(), correlation_id=None, message_id="m-1")
     assert received.submission_id is not None
@@ -129,11 +146,11 @@ def test_no_other_process_can_take_the_row_between_the_decision_to_resend_and_th
     clock.advance(HORIZON_S)
     run_round(ctx)  # the first 404 after it
     clock.advance(5)
-    event.listen(ctx.session_factory, "after_commit", run_the_other_right_after)
+    ctx.store.transaction = then_the_other  # type: ignore[method-assign]
     try:
         run_round(ctx)  # the confirming 404: the resend
     finally:
-        event.remove(ctx.session_factory, "after_commit", run_the_other_right_after)
+        del ctx.store.transaction
     assert fired
     # The process that decided sent it; the other found nothing to take over.
     assert ibkr.count("POST") == 2 and other_ibkr.count("POST") == 0
@@ -222,7 +239,7 @@ def test_the_same_message_id_with_another_request_fails_and_sends_nothing(
     assert again.disposition == "same_intent"
     assert again.client_instruction_ids == first.client_instruction_ids
     assert other.disposition == "failed" and relabelled.disposition == "failed"
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         failed = (
             session.execute(select(ClientInstruction).where(ClientInstruction.status == "FAILED"))
             .scalars()
@@ -267,7 +284,7 @@ def test_a_transaction_found_after_a_lost_answer_that_moves_something_else_is_a_
 
 
 def _audit_reasons(ctx: TrackingContext) -> str:
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         return " ".join(a.reason for a in session.query(AuditEvent))
 
 
@@ -302,7 +319,7 @@ def test_a_second_transaction_found_after_the_final_answer_is_reported(
     row = the_row(ctx)
     assert row.status == "PROCESSED" and row.error_code == "APPLIED_TWICE"
     assert row.next_poll_at is None and row.instruction_set_id == 41
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         keys = [e.routing_key for e in session.query(OutboxEvent).order_by(OutboxEvent.id)]
         [submission] = session.query(Submission).all()
     assert keys[-1] == "instruction.applied_twice"
@@ -341,7 +358,7 @@ def test_a_bulk_request_whose_answer_was_lost_is_resent_whole_once_its_horizon_p
     run_round(ctx)  # the first member's first 404 after the horizon
     # The later members are looked at on their own schedule, not with the first one's
     # confirming look: nobody holds them when it comes.
-    with ctx.session_factory.begin() as session:
+    with sessions(ctx).begin() as session:
         for row in session.execute(select(ClientInstruction)).scalars():
             if row.position > 0:
                 row.next_poll_at = clock.now() + timedelta(hours=1)
@@ -349,7 +366,7 @@ def test_a_bulk_request_whose_answer_was_lost_is_resent_whole_once_its_horizon_p
     clock.advance(6)
     run_round(ctx)  # the confirming 404: the whole bulk goes again
     assert ibkr.count("POST") == 2
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         rows = session.execute(select(ClientInstruction)).scalars().all()
     assert {(r.status, r.attempt_count) for r in rows} == {("PENDING", 2)}
 
@@ -382,7 +399,7 @@ def test_a_bulk_member_found_late_is_looked_up_not_left_submitting(
     for _ in range(20):
         clock.advance(30)
         run_round(ctx)
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         rows = (
             session.execute(select(ClientInstruction).order_by(ClientInstruction.position))
             .scalars()

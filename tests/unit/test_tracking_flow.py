@@ -10,7 +10,14 @@ import pytest
 from sqlalchemy import select
 
 from models import AuditEvent, ClientInstruction, OutboxEvent
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.clock import ManualClock
 from worker.ibkr.responses import Outcome, no_response
 from worker.tracking.intake import Unprocessable, receive
@@ -21,7 +28,7 @@ POST_PATH = "/gw/api/v1/internal-cash-transfers"
 
 
 def rows(ctx, cid=None):  # type: ignore[no-untyped-def]
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         query = select(ClientInstruction).order_by(ClientInstruction.id)
         if cid is not None:
             query = query.where(ClientInstruction.client_instruction_id == cid)
@@ -29,7 +36,7 @@ def rows(ctx, cid=None):  # type: ignore[no-untyped-def]
 
 
 def events(ctx):  # type: ignore[no-untyped-def]
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         return [
             (row.routing_key, json.loads(row.body_json))
             for row in session.execute(select(OutboxEvent).order_by(OutboxEvent.id)).scalars()
@@ -221,7 +228,7 @@ def test_a_208_naming_another_set_ends_conflict_without_adopting_its_status(
     [row] = rows(ctx)
     assert row.status == "CONFLICT"
     assert "999" in (row.error_message or "") and "100" in (row.error_message or "")
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         trail = list(session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars())
     assert trail[-1].to_status == "CONFLICT" and "999" in trail[-1].reason
 
@@ -342,7 +349,7 @@ def test_the_body_begun_with_the_request_is_the_stored_body_exactly(
         begin_submission=True,
     )
     assert intake.attempt is not None
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         stored = session.get(Submission, intake.submission_id)
         assert stored is not None
     # What is signed and POSTed right away is what a resend would read back.

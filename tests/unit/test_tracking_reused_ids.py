@@ -5,7 +5,14 @@ after our own second POST the 208 may describe our first one and is adopted."""
 from __future__ import annotations
 
 from models import AuditEvent, ClientInstruction, OutboxEvent
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.clock import ManualClock
 from worker.ibkr.responses import Outcome, no_response
 from worker.tracking.intake import receive
@@ -27,7 +34,7 @@ def test_a_208_after_our_only_post_was_lost_is_their_transaction_and_ends_confli
     send(ctx, receive(ctx, request=transfer(), correlation_id=None, message_id="m-1").submission_id)
     clock.advance(5)
     run_round(ctx)
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [row] = session.query(ClientInstruction).all()
         assert row.status == "CONFLICT" and row.error_code == "CLIENT_INSTRUCTION_ID_CONFLICT"
         assert row.instruction_id is None and row.instruction_set_id is None
@@ -61,7 +68,7 @@ def test_a_208_after_two_of_our_posts_left_says_applied_twice(
     assert ibkr.count("POST") == 2
     clock.advance(5)
     run_round(ctx)  # 208 naming a set we never saw: our first POST registered after all
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [row] = session.query(ClientInstruction).all()
         assert row.attempt_count == 2
         assert (row.status, row.instruction_set_id, row.instruction_id) == ("PROCESSED", 32, 4_002)

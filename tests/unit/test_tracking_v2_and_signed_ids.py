@@ -10,7 +10,14 @@ from sqlalchemy import select
 
 from models import ClientInstruction, OutboxEvent
 from tests.builders import v2
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.clock import ManualClock
 from worker.tracking.intake import receive
 from worker.tracking.submit import send
@@ -40,7 +47,7 @@ def test_a_negative_client_instruction_id_is_tracked_as_given(
     ctx = make_context(sqlite_url, ibkr, clock)
     intake = receive(ctx, request=transfer(cid=-1988905739), correlation_id=None, message_id="m")
     send(ctx, intake.submission_id)
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         [row] = session.execute(select(ClientInstruction)).scalars()
         bodies = [
             json.loads(event.body_json)

@@ -14,7 +14,14 @@ from dramatiq import Worker
 from sqlalchemy import select
 
 from models import ClientInstruction, DeadLetter, OutboxEvent
-from tests.unit.tracking_support import ScriptedIbkr, answer, envelope, make_context, transfer
+from tests.unit.tracking_support import (
+    ScriptedIbkr,
+    answer,
+    envelope,
+    make_context,
+    sessions,
+    transfer,
+)
 from worker.actors import declare_actors
 from worker.broker import build_message, make_broker
 from worker.clock import ManualClock
@@ -39,7 +46,7 @@ def test_nothing_is_sent_inside_ibkr_downtime_and_the_look_moves_past_the_window
     clock.advance(3600)
     assert run_round(ctx) == 0
     assert ibkr.calls == []
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         row = session.execute(select(ClientInstruction)).scalar_one()
     window_end = downtime_end(SATURDAY_NOON)
     assert row.status == "RECEIVED" and window_end is not None and row.next_poll_at >= window_end
@@ -77,7 +84,7 @@ def test_the_actor_submits_a_good_request(stub_worker) -> None:  # type: ignore[
     broker.enqueue(build_message({"request": transfer()}))
     broker.join("ibkr.instructions")
     assert ibkr.count("POST") == 1
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         assert session.execute(select(ClientInstruction.status)).scalar_one() == "PROCESSED"
 
 
@@ -105,7 +112,7 @@ def test_the_post_runs_with_the_message_and_the_submission_bound_for_its_log_lin
     finally:
         worker.stop()
         broker.close()
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         submission_id = session.execute(select(ClientInstruction.submission_id)).scalar_one()
     assert bound == [
         {"message_id": message.message_id, "submission_id": submission_id, "attempt": 1}
@@ -128,7 +135,7 @@ def test_a_message_that_names_no_request_becomes_a_dead_letter_without_retries(
     message = build_message(kwargs)
     broker.enqueue(message)
     broker.join("ibkr.instructions", fail_fast=True)
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         letter = session.execute(select(DeadLetter)).scalar_one()
     assert letter.message_id == message.message_id and letter.reason
     assert json.loads(letter.body)["message_id"] == message.message_id
@@ -147,7 +154,7 @@ def test_positional_arguments_are_refused_with_a_reason(stub_worker) -> None:  #
         )
     )
     broker.join("ibkr.instructions")
-    with ctx.session_factory() as session:
+    with sessions(ctx)() as session:
         assert "positional" in session.execute(select(DeadLetter.reason)).scalar_one()
 
 
@@ -172,18 +179,18 @@ def test_the_relay_publishes_in_commit_order_and_keeps_events_until_confirmed(
     send(ctx, receive(ctx, request=transfer(), correlation_id=None, message_id="m").submission_id)
     publisher = FlakyPublisher()
     with pytest.raises(ConnectionError):
-        relay_once(ctx.session_factory, publisher, clock)
-    with ctx.session_factory() as session:
+        relay_once(ctx.store, publisher, clock)
+    with sessions(ctx)() as session:
         assert (
             session.execute(select(OutboxEvent).where(OutboxEvent.published_at.is_(None)))
             .scalars()
             .all()
         )
-    assert relay_once(ctx.session_factory, publisher, clock) == 3
+    assert relay_once(ctx.store, publisher, clock) == 3
     assert [json.loads(e.body)["sequence"] for e in publisher.events] == [1, 2, 3]
     assert [e.routing_key for e in publisher.events] == [
         "instruction.received",
         "instruction.submitting",
         "instruction.pending",
     ]
-    assert relay_once(ctx.session_factory, publisher, clock) == 0
+    assert relay_once(ctx.store, publisher, clock) == 0

@@ -10,12 +10,15 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import make_engine, make_session_factory
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import make_session_factory
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint
 from worker.ibkr.responses import ApiResult, Outcome, no_response, parse_response
+from worker.store import Store
 from worker.tracking.context import TrackingContext
 
 Answer = Callable[[str, str, dict[str, Any] | None], ApiResult]
@@ -85,16 +88,20 @@ def make_context(
         honor_downtime=False,
         client_instruction_id_start=5000,
     )
-    engine = make_engine(database_url)
     return TrackingContext(
         settings=base.with_overrides(**settings) if settings else base,
-        session_factory=make_session_factory(engine),
+        store=Store.connect(database_url),
         ibkr=ibkr,
         clock=clock,
         actor="worker",
         owner="test-owner",
         rng=random.Random(7),
     )
+
+
+def sessions(ctx: TrackingContext) -> sessionmaker[Session]:
+    """ORM sessions on the context's database, for tests that read or seed the tables."""
+    return make_session_factory(ctx.store.engine)
 
 
 def transfer(

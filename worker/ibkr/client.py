@@ -8,6 +8,9 @@ whose time the request leaves at. A request that could not
 leave within `tolerance_s` of its slot is stopped before its first byte (the check runs in the
 transport, at the first write) and takes a new slot; it never goes "anyway".
 
+The connections are in `worker.ibkr.lanes`; the slot and the meaning of a failure to get an
+answer (one table) in `worker.ibkr.attempt`.
+
 A POST attempt has a budget (`SendBudget`): it leaves before `send_by_mono` or not at all
 (`Outcome.NOT_SENT`: nothing reached IBKR), and its body expires no later than the attempt's
 lease. Within the budget, answers that show IBKR processed nothing are handled here: a 401 gets
@@ -20,13 +23,10 @@ outcome uncertain, and the caller finds out by asking before anything is resent.
 
 from __future__ import annotations
 
-import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,10 +34,17 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from worker._compat import DepartureRefused, departure_check, departure_guarded_transport
 from worker.clock import Clock, SystemClock
 from worker.config import ConfigError, Settings
 from worker.ibkr import ids
+from worker.ibkr.attempt import (
+    FAILED_SENDS,
+    NoSlot,
+    SendBudget,
+    SlotGate,
+    elapsed_ms,
+    failed_result,
+)
 from worker.ibkr.auth import AuthenticationError, IbkrAuth
 from worker.ibkr.endpoints import (
     CLIENT_INSTRUCTION_STATUS,
@@ -45,118 +52,34 @@ from worker.ibkr.endpoints import (
     INSTRUCTION_STATUS,
     Endpoint,
 )
+from worker.ibkr.lanes import (
+    DEFAULT_REQUEST_CONNECTIONS,
+    HTTP_LIMITS,
+    Lanes,
+    http_limits,
+    http_transport,
+)
 from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
 from worker.ibkr.responses import ApiResult, Outcome, no_response, parse_response
 from worker.ibkr.signing import BodySigner, load_private_key
 from worker.logging import get_logger
 
+__all__ = [
+    "DEFAULT_REQUEST_CONNECTIONS",
+    "DEFAULT_THROTTLE_RETRIES",
+    "HTTP_LIMITS",
+    "SIGNED_JWT_POLICY_REFUSAL",
+    "IbkrClient",
+    "SendBudget",
+    "http_limits",
+    "http_transport",
+]
+
 log = get_logger(__name__)
 
 DEFAULT_THROTTLE_RETRIES = 3
-#: Requests a client has on the wire at once (connections in its pool, plus one kept for the
-#: token request). A worker thread takes one before it commits SUBMITTING, so these also bound
-#: the requests a process receives at once: 32 cover IBKR's 10 requests/s up to 3.2 s an
-#: answer, and let a worker process's shared transactions carry about 25 steps (16: about 15,
-#: and 3 processes at 16 did a quarter less on the benchmark's 2 cores). httpcore opens them
-#: only as they are needed.
-DEFAULT_REQUEST_CONNECTIONS = 32
 #: The text of IBKR's gateway refusal of a signed body (reference §3.1).
 SIGNED_JWT_POLICY_REFUSAL = "Invalid payload for security policy: SIGNED_JWT"
-_USER_AGENT = "ibkr-worker"
-
-
-def http_limits(request_connections: int = DEFAULT_REQUEST_CONNECTIONS) -> httpx.Limits:
-    """Connections of one client: one per request permit plus one for the token request (each
-    permit and the token request have a pool of one of their own: `http_limits(0)`).
-
-    Every one is kept alive and none is expired by the client: httpcore (1.0.9) closes an idle
-    connection when the pool holds more than `max_keepalive_connections` (counting all of them,
-    not the idle ones) or when its keep-alive expiry passes, and such a close can hit a
-    connection just handed to a waiting request, whose POST then hangs for the whole read
-    timeout (encode/httpcore#1110). A connection the server closed is still dropped before
-    reuse (httpcore checks an idle socket for the server's close), and TCP keep-alive probes
-    find one a network dropped silently.
-    """
-    total = request_connections + 1
-    return httpx.Limits(
-        max_connections=total, max_keepalive_connections=total, keepalive_expiry=None
-    )
-
-
-HTTP_LIMITS = http_limits()
-
-
-class _SetCookies(httpx.Cookies):
-    """A cookie jar that only looks at responses that set a cookie. httpx hands every response
-    to the jar, which builds urllib request and response stand-ins to find nothing: about a
-    tenth of httpx's own time per call. IBKR's API authenticates by bearer token; a cookie a load
-    balancer sets is still kept and sent back."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
-
-
-class _HttpClient(httpx.Client):
-    """`httpx.Client` with the `_SetCookies` jar."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._jar = _SetCookies(super().cookies)
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._jar
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        self._jar = _SetCookies(cookies)
-
-
-def _tcp_keepalive() -> list[tuple[int, int, int]]:
-    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    # Probe after 30 s idle, every 10 s, give up after 3 unanswered (where the OS lets us say).
-    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, name):
-            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-    return options
-
-
-def http_transport(request_connections: int = DEFAULT_REQUEST_CONNECTIONS) -> httpx.HTTPTransport:
-    """The transport of every IBKR client: `http_limits`, TCP keep-alive, and the departure
-    check at each request's first write (`worker._compat`)."""
-    return departure_guarded_transport(http_limits(request_connections), _tcp_keepalive())
-
-
-# Failures that happen before any byte of the request left: safe to send again.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
-@dataclass(frozen=True)
-class SendBudget:
-    """Limits of one POST attempt, in monotonic seconds: it leaves before `send_by_mono` or
-    not at all, and its signed body expires no later than `lease_end_mono` (the attempt's
-    lease), so IBKR refuses it once another process may have taken the attempt over."""
-
-    send_by_mono: float
-    lease_end_mono: float
-
-
-class _NoSlot(Exception):
-    """No rate-limit slot (or token) could be had before the request's deadline;
-    `retry_after_s`: how long until the earliest slot there would have been (when known)."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class _SlotTooLate(DepartureRefused):
-    """The earliest rate-limit slot comes after the request's deadline (none was taken)."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class IbkrClient:
@@ -199,32 +122,11 @@ class IbkrClient:
             self._clock,
             lifetime_s=settings.body_lifetime_s,
         )
-        # The client's own transport runs the slot's wait at the request's first write; another
-        # (a test's, the in-process sandbox's) has no write: the wait runs before the call.
-        self._departs_at_write = transport is None
-
-        def lane() -> _HttpClient:
-            # One connection each: a permit is a lane, so finding a free connection never
-            # scans a pool (httpcore's does, for every request, across all its connections).
-            return _HttpClient(
-                base_url=settings.ibkr_base_url,
-                transport=transport or http_transport(0),
-                timeout=httpx.Timeout(settings.http_timeout_s),
-                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-                limits=http_limits(0),
-            )
-
-        # The most recently used lane first: at a low rate a few connections do all the work.
-        self._lanes: queue.LifoQueue[_HttpClient] = queue.LifoQueue()
-        for _ in range(request_connections):
-            self._lanes.put(lane())
-        self._token_http = lane()
-        # Absolute URLs of the paths without parameters (every POST): httpx parses a relative
-        # URL and then the merged one again on every request.
-        self._base = str(self._token_http.base_url).rstrip("/")
-        self._fixed_urls: dict[str, httpx.URL] = {}
-        self._all_lanes = [*self._lanes.queue, self._token_http]
-        self._holding = threading.local()
+        self._lanes = Lanes(
+            settings.ibkr_base_url, settings.http_timeout_s, request_connections, transport
+        )
+        # The budget of the request a token is fetched for, and one token request at a time.
+        self._token_budget = threading.local()
         self._token_connection = threading.Lock()
         self._token_endpoint_key = "POST " + (urlsplit(settings.ibkr_token_url).path or "/")
         self.auth = IbkrAuth(
@@ -244,18 +146,23 @@ class IbkrClient:
             settings.rate_limit_margin_s,
             self._clock,
         )
-        #: Requests stopped before their first byte because they would have left late.
-        self.late_departures = 0
+        self._gate = SlotGate(
+            self.rate_limiter, self._clock, self.client_id, self._lanes.departs_at_write
+        )
 
     def __repr__(self) -> str:
-        return f"IbkrClient(client_id={self.client_id!r}, base_url={self._base!r})"
+        return f"IbkrClient(client_id={self.client_id!r}, base_url={self._lanes.base!r})"
+
+    @property
+    def late_departures(self) -> int:
+        """Requests stopped before their first byte because they would have left late."""
+        return self._gate.late_departures
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the keep-alive connections."""
-        for lane in self._all_lanes:
-            lane.close()
+        self._lanes.close()
 
     def __enter__(self) -> IbkrClient:
         return self
@@ -268,8 +175,6 @@ class IbkrClient:
     ) -> None:
         self.close()
 
-    # --- connection permits ---------------------------------------------------------------------
-
     @contextmanager
     def permit(self) -> Iterator[None]:
         """Hold one of the client's request connections (waiting for one if all are busy).
@@ -278,21 +183,8 @@ class IbkrClient:
         first, so nothing it commits waits for a connection afterwards. Re-entrant within a
         thread: the calls below take it themselves when the caller did not.
         """
-        if getattr(self._holding, "lane", None) is not None:
+        with self._lanes.permit():
             yield
-            return
-        lane = self._lanes.get()
-        self._holding.lane = lane
-        try:
-            yield
-        finally:
-            self._holding.lane = None
-            self._lanes.put(lane)
-
-    def _lane(self) -> _HttpClient:
-        lane: _HttpClient | None = getattr(self._holding, "lane", None)
-        assert lane is not None, "a request is made while holding a permit"
-        return lane
 
     # --- calls --------------------------------------------------------------------------------
 
@@ -335,7 +227,7 @@ class IbkrClient:
     def _call(
         self, endpoint: Endpoint, url_path: str, body: dict[str, Any] | None, budget: SendBudget
     ) -> ApiResult:
-        with self.permit():
+        with self._lanes.permit():
             new_token = signed_again = False
             throttled = 0
             while True:
@@ -395,7 +287,7 @@ class IbkrClient:
         post = body is not None
         started = time.perf_counter()
         try:
-            self._holding.token_budget = budget
+            self._token_budget.budget = budget
             token = self.auth.access_token()
         except AuthenticationError as error:
             # No token: nothing was sent to the /gw endpoint.
@@ -413,140 +305,46 @@ class IbkrClient:
             remaining_lease_s = budget.lease_end_mono - self._clock.monotonic()
             content = self._signer.sign(body, lifetime_s=remaining_lease_s).encode("ascii")
             headers["Content-Type"] = "application/jwt"
+        url = self._lanes.url(endpoint.path, url_path)
         try:
-            response = self._send_in_slot(
+            response = self._gate.send(
                 endpoint.key,
                 budget,
-                lambda: self._lane().request(
-                    endpoint.method,
-                    self._url(endpoint, url_path),
-                    content=content,
-                    headers=headers,
+                lambda: self._lanes.held().request(
+                    endpoint.method, url, content=content, headers=headers
                 ),
             )
-        except _NoSlot as error:
-            result = no_response(
-                endpoint.method,
-                endpoint.path,
-                Outcome.NOT_SENT if post else Outcome.TRANSIENT,
-                f"{error}; nothing was sent",
-            )
-            return replace(result, retry_after_s=error.retry_after_s), token
-        except _NOT_SENT as error:
-            result = no_response(
-                endpoint.method,
-                endpoint.path,
-                Outcome.NOT_SENT if post else Outcome.TRANSIENT,
-                f"could not connect to IBKR ({type(error).__name__}); nothing was sent",
-                latency_ms=_elapsed_ms(started),
-            )
-            return result, token
-        except httpx.TransportError as error:
-            # The request may have reached IBKR: for a POST the outcome is unknown (look it up
-            # by clientInstructionId before sending again); a GET can simply be repeated.
-            result = no_response(
-                endpoint.method,
-                endpoint.path,
-                Outcome.UNKNOWN if post else Outcome.TRANSIENT,
-                f"no answer from IBKR ({type(error).__name__}); the request may have been "
-                "processed",
-                latency_ms=_elapsed_ms(started),
-            )
-            return result, token
+        except FAILED_SENDS as error:
+            return failed_result(error, endpoint, post, started), token
         result = parse_response(
             endpoint.method,
             endpoint.path,
             response.status_code,
             response.content,
-            _elapsed_ms(started),
+            elapsed_ms(started),
             response.headers,
             now=self._clock.wall_now(),
         )
         return result, token
 
-    def _send_in_slot(self, endpoint_key: str, budget: SendBudget, send: Any) -> httpx.Response:
-        """`send()` the request in a rate-limit slot of its own, taken when it can leave at once.
-
-        With the client's own transport the slot is taken at the request's first write (the
-        connection is the request's, its head and body are ready), waited for there, and the
-        request leaves right after: nothing but the wait lies between the slot and the bytes.
-        A wake-up more than `tolerance_s` after the slot takes a new slot instead of leaving
-        late. Raises _NoSlot when no slot can be had before `budget.send_by_mono` (nothing
-        left)."""
-        limiter = self.rate_limiter
-        if self._clock.monotonic() >= budget.send_by_mono:
-            raise _NoSlot("the request could not leave before its deadline")
-        if not limiter.enabled:
-            response: httpx.Response = send()
-            return response
-
-        def depart() -> None:
-            while True:
-                now_mono = self._clock.monotonic()
-                if now_mono >= budget.send_by_mono:
-                    raise DepartureRefused("the request could not leave before its deadline")
-                # The last moment the request may still leave, on the shared clock: a slot after
-                # it is not taken at all (it would hold back every later request).
-                latest = self._clock.now().timestamp() + (budget.send_by_mono - now_mono)
-                try:
-                    slot = limiter.reserve(self.client_id, endpoint_key, latest)
-                except Exception as error:  # noqa: BLE001 - the shared ledger is away
-                    raise DepartureRefused(f"no rate-limit slot ({type(error).__name__})") from None
-                if not slot.granted:
-                    raise _SlotTooLate(
-                        "the next rate-limit slot comes after the request's deadline",
-                        max(slot.at - self._clock.now().timestamp(), 0.0),
-                    )
-                limiter.wait_until(slot.at)
-                late_s = limiter.late_s(slot.at)
-                if late_s <= limiter.tolerance_s:
-                    return
-                self.late_departures += 1
-                log.info(
-                    "request woke too late for its slot; taking a new one",
-                    endpoint=endpoint_key,
-                    late_s=round(late_s, 3),
-                )
-
-        try:
-            if self._departs_at_write:
-                with departure_check(depart):
-                    response = send()
-            else:
-                depart()
-                response = send()
-        except _SlotTooLate as too_late:
-            raise _NoSlot(str(too_late), too_late.retry_after_s) from None
-        except DepartureRefused as refused:
-            raise _NoSlot(str(refused)) from None
-        return response
-
     def _post_token_form(self, url: str, form: dict[str, str]) -> httpx.Response:
         """The token request: its own connection and its own slot (IBKR counts it), within the
         budget of the request that needs the token."""
-        budget = getattr(self._holding, "token_budget", None) or self._default_budget()
+        budget = getattr(self._token_budget, "budget", None) or self._default_budget()
         with self._token_connection:
             try:
-                return self._send_in_slot(
+                return self._gate.send(
                     self._token_endpoint_key,
                     budget,
-                    lambda: self._token_http.post(
+                    lambda: self._lanes.token.post(
                         url, data=form, headers={"Accept": "application/json"}
                     ),
                 )
-            except _NoSlot as error:
+            except NoSlot as error:
                 raise AuthenticationError(
                     f"the IBKR token request could not be sent in time ({error}); retry later",
                     transient=True,
                 ) from None
-
-    def _url(self, endpoint: Endpoint, url_path: str) -> httpx.URL:
-        if url_path != endpoint.path:  # with an id in it: parsed once, not kept
-            return httpx.URL(self._base + url_path)
-        url = self._fixed_urls.get(url_path)
-        if url is None:
-            url = self._fixed_urls[url_path] = httpx.URL(self._base + url_path)
-        return url
 
     def _log(self, result: ApiResult) -> None:
         # Method, path template, status and latency only: never the token or the signed body.
@@ -578,7 +376,3 @@ def _refused_signature(result: ApiResult) -> bool:
 
 def _throttle_wait_s(retry_after_s: float | None, throttled: int) -> float:
     return retry_after_s if retry_after_s is not None else float(2**throttled)
-
-
-def _elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from worker.config import KEPT_BODY_BYTES
+
 #: Deepest nesting accepted. IBKR's deepest request body (a complex asset transfer's contra
 #: broker details inside a bulk, inside the dramatiq envelope) is 7 levels; 32 leaves room,
 #: and stays far below the recursion limit of the parser, the validators and the redaction.
@@ -38,7 +40,7 @@ MAX_NUMBER_CHARS = 100
 #: Longest message id accepted (the database columns hold 64 characters).
 MAX_MESSAGE_ID_CHARS = 64
 #: How much of a message too large to keep is kept for people to look at.
-KEPT_PREFIX_BYTES = 64 * 1024
+KEPT_PREFIX_BYTES = KEPT_BODY_BYTES
 #: Estimated bytes a decoded JSON value holds (objects, lists, small strings and numbers).
 BYTES_PER_DECODED_VALUE = 100
 

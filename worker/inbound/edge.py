@@ -28,9 +28,8 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.encoder import Encoder, MessageData
 from dramatiq.middleware import CurrentMessage, Middleware
-from pika.channel import ContentFrameAssembler
-from pika.exceptions import BodyTooLongError
 
+from worker._compat import bound_deliveries
 from worker.config import MAX_MESSAGE_BYTES_CEILING
 from worker.inbound.arrival import KEPT_PREFIX_BYTES, Arrival, inspect
 from worker.jsontext import dumps
@@ -48,84 +47,6 @@ DEFAULT_HELD_BYTES = 48 * 1024 * 1024
 #: Highest prefetch of a consumer (dramatiq asks for 2 per thread, and 1,000 per thread on the
 #: delay queue, whose messages we no longer hold back).
 DEFAULT_MAX_PREFETCH = 512
-
-
-class OversizedBody(bytes):
-    """The beginning of a message body larger than the limit (the rest was never kept), with
-    its size as received and its last bytes (where dramatiq writes the message id)."""
-
-    received_size: int
-    tail: bytes
-
-    def __new__(cls, prefix: bytes, received_size: int, tail: bytes) -> OversizedBody:
-        body = super().__new__(cls, prefix)
-        body.received_size = received_size
-        body.tail = tail
-        return body
-
-
-class BoundedContentAssembler(ContentFrameAssembler):
-    """pika's assembler of a delivery's body frames, keeping at most `limit_bytes` of a body:
-    past that only its first `KEPT_PREFIX_BYTES` and last `TAIL_BYTES` are kept, and the body
-    delivered is an `OversizedBody`. pika would join every frame of a body (RabbitMQ lets
-    128 MiB through by default) and hold it twice before anyone could look at its size."""
-
-    TAIL_BYTES = 4096
-
-    def __init__(self, limit_bytes: int, previous: ContentFrameAssembler | None = None) -> None:
-        super().__init__()
-        self._limit_bytes = limit_bytes
-        self._kept_bytes = 0
-        self._tail = b""
-        state: Any = previous
-        if state is not None:  # a delivery may be half assembled: carry it over
-            self._method_frame = state._method_frame
-            self._header_frame = state._header_frame
-            self._seen_so_far = state._seen_so_far
-            self._body_fragments = list(state._body_fragments)
-            self._kept_bytes = sum(len(f) for f in self._body_fragments)
-
-    def _handle_body_frame(self, body_frame: Any) -> Any:
-        fragment: bytes = body_frame.fragment
-        self._seen_so_far += len(fragment)
-        if self._tail or self._kept_bytes + len(fragment) > self._limit_bytes:
-            if not self._tail:  # the body just went past the limit: keep its beginning only
-                kept = b"".join(self._body_fragments)[:KEPT_PREFIX_BYTES]
-                self._body_fragments, self._kept_bytes = [kept], len(kept)
-            self._tail = (self._tail + fragment)[-self.TAIL_BYTES :]
-        else:
-            self._body_fragments.append(fragment)
-            self._kept_bytes += len(fragment)
-        expected = self._header_frame.body_size if self._header_frame is not None else 0
-        if self._seen_so_far == expected:
-            return self._finish()
-        if self._seen_so_far > expected:
-            raise BodyTooLongError(self._seen_so_far, expected)
-        return None
-
-    def _finish(self) -> Any:
-        if not self._tail:
-            self._kept_bytes = 0
-            return super()._finish()
-        method, header = self._method_frame, self._header_frame
-        body = OversizedBody(b"".join(self._body_fragments), self._seen_so_far, self._tail)
-        self._reset()
-        self._kept_bytes, self._tail = 0, b""
-        return method, header, body
-
-
-def bound_deliveries(channel: Any, limit_bytes: int) -> bool:
-    """Make `channel` (a pika BlockingChannel) keep at most `limit_bytes` of any body it
-    receives (see `BoundedContentAssembler`); False when pika's internals are not the ones this
-    was written for (then bodies arrive whole, as before)."""
-    impl = getattr(channel, "_impl", None)
-    previous = getattr(impl, "_content_assembler", None)
-    if not isinstance(previous, ContentFrameAssembler):
-        log.warning("cannot bound the bodies pika assembles; large messages cost their size")
-        return False
-    if not isinstance(previous, BoundedContentAssembler):
-        impl._content_assembler = BoundedContentAssembler(limit_bytes, previous)  # type: ignore[union-attr]
-    return True
 
 
 @dataclass(frozen=True)
@@ -294,15 +215,16 @@ class EdgeLimits:
     def consumer(self, inner: Consumer, queue_name: str) -> Consumer:
         channel = getattr(inner, "channel", None)
         if channel is not None:  # RabbitMQ: bodies above the limit are never held whole
-            bound_deliveries(channel, self.max_message_bytes)
+            bound_deliveries(channel, self.max_message_bytes, KEPT_PREFIX_BYTES)
         consuming = _Consuming(queue_name, self.actor_name, self.max_message_bytes)
         return _EdgeConsumer(inner, consuming, self.held_bytes)
 
 
 def edge_middleware(limits: EdgeLimits) -> list[Middleware]:
-    """The only middleware of our brokers: the current message for the actor, and the budget's
-    release. None reads a message's options (no Retries, TimeLimit, AgeLimit, Callbacks,
-    Pipelines or ShutdownNotifications): timing and retries are the worker's."""
+    """The middleware of our brokers: the current message for the actor, and the budget's
+    release (the worker's actors add `context.MessageContext`). None reads a message's options
+    (no Retries, TimeLimit, AgeLimit, Callbacks, Pipelines or ShutdownNotifications): timing
+    and retries are the worker's."""
     return [CurrentMessage(), ReleaseHeldBytes(limits.held_bytes)]
 
 

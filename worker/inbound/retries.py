@@ -31,15 +31,14 @@ from datetime import datetime
 
 import dramatiq.errors
 import pika.exceptions
-import sqlalchemy.exc
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from models import MessageFailure
 from worker.clock import Clock
 from worker.inbound.arrival import Arrival
 from worker.logging import get_logger
 from worker.redaction import scrub_text
+from worker.store import Store, deadletters
+from worker.store.errors import DatabaseAway, DatabaseError, KeyTaken
+from worker.store.rows import MessageFailure
 from worker.tracking.deadletters import failure_key, record_dead_letter
 
 log = get_logger(__name__)
@@ -51,10 +50,7 @@ MAX_BACKOFF_S = 60.0
 MAX_REASON_CHARS = 500
 
 _SERVICE_AWAY = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.DisconnectionError,
-    sqlalchemy.exc.TimeoutError,
+    DatabaseAway,
     pika.exceptions.AMQPError,
     dramatiq.errors.BrokerConnectionError,
     OSError,
@@ -95,8 +91,8 @@ class FailureCounts:
     """Failures of inbound messages by key (`deadletters.failure_key`): in the database, and in
     this process's memory for the failures that could not be written there."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self._session_factory = session_factory
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._unwritten: dict[str, int] = {}
         self._known: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -107,7 +103,7 @@ class FailureCounts:
             pending = self._unwritten.pop(key, 0) + 1
         try:
             total = self._write(key, pending, reason, now)
-        except sqlalchemy.exc.SQLAlchemyError:
+        except DatabaseError:
             with self._lock:
                 self._unwritten[key] = self._unwritten.get(key, 0) + pending
                 total = self._known.get(key, 0) + self._unwritten[key]
@@ -125,54 +121,49 @@ class FailureCounts:
         if written is None:
             return
         try:
-            with self._session_factory.begin() as session:
-                row = session.get(MessageFailure, key)
-                if row is not None:
-                    session.delete(row)
-        except sqlalchemy.exc.SQLAlchemyError:
+            with self._store.transaction() as tx:
+                deadletters.forget_failures(tx, [key])
+        except DatabaseError:
             log.debug("could not delete a failure count; it stays", key=key)
 
     def _write(self, key: str, count: int, reason: str, now: datetime) -> int:
         for _ in range(2):  # a concurrent first insert of the same key: then it is an update
             try:
-                with self._session_factory.begin() as session:
-                    row = session.execute(
-                        select(MessageFailure).where(MessageFailure.key == key).with_for_update()
-                    ).scalar_one_or_none()
+                with self._store.transaction() as tx:
+                    row = deadletters.failure(tx, key)
                     if row is None:
-                        session.add(
+                        deadletters.add_failure(
+                            tx,
                             MessageFailure(
                                 key=key,
                                 failure_count=count,
                                 last_reason=reason,
                                 first_failed_at=now,
                                 last_failed_at=now,
-                            )
+                            ),
                         )
                         return count
                     row.failure_count += count
                     row.last_reason = reason
                     row.last_failed_at = now
                     return row.failure_count
-            except sqlalchemy.exc.IntegrityError:
+            except KeyTaken:
                 continue
-        raise sqlalchemy.exc.InvalidRequestError(f"could not count a failure of {key}")
+        raise DatabaseError(f"could not count a failure of {key}")
 
 
 @dataclass
 class Retrier:
     """Runs the handling of one message with our retries (see the module)."""
 
-    session_factory: sessionmaker[Session]
+    store: Store
     clock: Clock
     counts: FailureCounts
     queue_name: str
 
     @classmethod
-    def for_database(
-        cls, session_factory: sessionmaker[Session], clock: Clock, queue_name: str
-    ) -> Retrier:
-        return cls(session_factory, clock, FailureCounts(session_factory), queue_name)
+    def for_database(cls, store: Store, clock: Clock, queue_name: str) -> Retrier:
+        return cls(store, clock, FailureCounts(store), queue_name)
 
     def run(
         self,
@@ -234,7 +225,7 @@ class Retrier:
         while True:
             try:
                 record_dead_letter(
-                    self.session_factory,
+                    self.store,
                     body=body,
                     reason=reason,
                     now=self.clock.now(),
@@ -243,7 +234,7 @@ class Retrier:
                     received_bytes=received,
                 )
                 break
-            except sqlalchemy.exc.SQLAlchemyError as error:
+            except DatabaseError as error:
                 attempt += 1
                 delay_s = backoff_s(attempt)
                 log.warning(

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from models import ClientInstruction, Instruction, InstructionSet, Submission
-from models.db import one_of
-from models.unsaved import new_unsaved
 from worker import jsontext
 from worker.ibkr.calendar import downtime_end
 from worker.ibkr.responses import ApiResult
 from worker.redaction import mask_bank_details
+from worker.status import Status
+from worker.store import Tx, tracked
+from worker.store.rows import ClientInstruction, Submission
 from worker.tracking import backoff
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import (
@@ -28,16 +23,8 @@ from worker.tracking.decisions import (
     Tracked,
     business_content,
 )
-from worker.tracking.record import (
-    ApiCall,
-    after_commit,
-    append_audit,
-    change_status,
-    emit_event,
-    insert_at_commit,
-    mark_overdue,
-    transaction_info,
-)
+from worker.tracking.ibkr_view import record_ibkr_view
+from worker.tracking.record import ApiCall, append_audit, change_status, emit_event, mark_overdue
 
 
 def tracked_of(row: ClientInstruction, *, with_content: bool = False) -> Tracked:
@@ -152,131 +139,21 @@ def spread_past_downtime(ctx: TrackingContext, at: datetime) -> datetime:
     return end + timedelta(seconds=ctx.rng.uniform(1.0, 60.0))
 
 
-@dataclass
-class _KnownIbkrRows:
-    """IBKR's instructions and sets this transaction has looked up or created (None: known not
-    to exist). Several answers recorded in one transaction are looked up with one query each,
-    and a row created for one member is found by the next without a flush."""
-
-    instructions: dict[int, Instruction | None] = field(default_factory=dict)
-    sets: dict[int, InstructionSet | None] = field(default_factory=dict)
-
-
-def _known(session: Session) -> _KnownIbkrRows:
-    known: _KnownIbkrRows | None = transaction_info(session).get("known_ibkr_rows")
-    if known is None:
-        known = transaction_info(session)["known_ibkr_rows"] = _KnownIbkrRows()
-    return known
-
-
-def prefetch_ibkr_rows(
-    session: Session, *, instruction_ids: Iterable[int], set_ids: Iterable[int]
-) -> None:
-    """Look up IBKR's instructions and sets by id, one query per table, for this transaction."""
-    known = _known(session)
-    wanted_instructions = {i for i in instruction_ids if i not in known.instructions}
-    wanted_sets = {i for i in set_ids if i not in known.sets}
-    if wanted_instructions:
-        known.instructions.update(dict.fromkeys(wanted_instructions))
-        for instruction in session.execute(
-            select(Instruction).where(
-                one_of(session, Instruction.instruction_id, wanted_instructions)
-            )
-        ).scalars():
-            known.instructions[instruction.instruction_id] = instruction
-    if wanted_sets:
-        known.sets.update(dict.fromkeys(wanted_sets))
-        for instruction_set in session.execute(
-            select(InstructionSet).where(
-                one_of(session, InstructionSet.instruction_set_id, wanted_sets)
-            )
-        ).scalars():
-            known.sets[instruction_set.instruction_set_id] = instruction_set
-
-
-def upsert_instruction(
-    session: Session,
-    row: ClientInstruction,
-    decision: Decision,
-    now: datetime,
-    instruction_set_id: int | None = None,
-) -> None:
-    """Keep IBKR's view of the instruction (by IBKR's instructionId); `instruction_set_id` is
-    the row's set (default: `row.instruction_set_id`)."""
-    if decision.instruction_id is None or decision.to_status == "CONFLICT":
-        return
-    known = _known(session)
-    if decision.instruction_id not in known.instructions:
-        prefetch_ibkr_rows(session, instruction_ids=[decision.instruction_id], set_ids=())
-    instruction = known.instructions[decision.instruction_id]
-    if instruction is None:
-        instruction = new_unsaved(
-            Instruction, instruction_id=decision.instruction_id, created_at=now
-        )
-        insert_at_commit(session, instruction)
-        known.instructions[decision.instruction_id] = instruction
-    instruction.client_instruction_pk = row.id
-    instruction.instruction_set_id = (
-        decision.instruction_set_id or instruction_set_id or row.instruction_set_id
-    )
-    instruction.instruction_type = row.instruction_type
-    instruction.ibkr_status = decision.ibkr_status
-    instruction.ib_reference_id = decision.ib_reference_id
-    instruction.processed_at = decision.processed_timestamp
-    if decision.result is not None:
-        instruction.result = jsontext.to_plain(mask_bank_details(decision.result))
-    instruction.updated_at = now
-
-
-def upsert_instruction_set(
-    session: Session,
-    instruction_set_id: int,
-    submission: Submission | None,
-    http_status: int | None,
-    now: datetime,
-) -> None:
-    known = _known(session)
-    if instruction_set_id not in known.sets:
-        prefetch_ibkr_rows(session, instruction_ids=(), set_ids=[instruction_set_id])
-    existing = known.sets[instruction_set_id]
-    if existing is None:
-        created = new_unsaved(
-            InstructionSet,
-            instruction_set_id=instruction_set_id,
-            submission_id=submission.id if submission else None,
-            http_status=http_status,
-            # A single request has one member: no need to load it to count it.
-            member_count=len(submission.members) if submission and submission.is_bulk else 1,
-            created_at=now,
-            updated_at=now,
-        )
-        known.sets[instruction_set_id] = created
-        insert_at_commit(session, created)
-    else:
-        existing.updated_at = now
-        existing.last_polled_at = now
-
-
 VERIFICATION_TYPE = "TRADITIONAL_BANK_INSTRUCTION_VERIFICATION"
 
 
 def look_at_verified_instruction(
-    session: Session, ctx: TrackingContext, row: ClientInstruction, now: datetime
+    tx: Tx, ctx: TrackingContext, row: ClientInstruction, now: datetime
 ) -> None:
     """A micro-deposit verification went through: note it on the ACH instruction it names
     (`pendingInstructionId`) and look at that instruction now rather than at its next poll."""
     if row.pending_instruction_id is None:
         return
-    ach = session.execute(
-        select(ClientInstruction).where(
-            ClientInstruction.instruction_id == row.pending_instruction_id,
-            ClientInstruction.final_at.is_(None),
-        )
-    ).scalar_one_or_none()
-    if ach is None:
+    ach = tracked.unfinished_by_instruction_id(tx, row.pending_instruction_id)
+    if ach is None or ach.final_at is not None:  # final in this very transaction
         return
     append_audit(
-        session,
+        tx,
         ach,
         from_status=ach.status,
         to_status=ach.status,
@@ -292,7 +169,7 @@ def look_at_verified_instruction(
 
 
 def apply_decision(
-    session: Session,
+    tx: Tx,
     ctx: TrackingContext,
     row: ClientInstruction,
     decision: Decision,
@@ -301,25 +178,40 @@ def apply_decision(
     now: datetime,
     counts_as_poll: bool = False,
 ) -> None:
-    """Record `decision` about `row` (already locked/leased by the caller's transaction)."""
+    """Record `decision` about `row` (locked and adopted by the caller's transaction): IBKR's
+    view, the counters, what IBKR said of the row, the next look, the status change, and the
+    checks that follow from it. Everything is written when the transaction commits."""
     api = api_call_of(result) if result is not None else None
     was_final = row.final_at is not None
-    # IBKR's view first: its look-ups flush whatever is pending, and the row has no change
-    # pending yet, so all of its changes below go out as one UPDATE at commit.
-    set_id = row.instruction_set_id
-    if set_id is None and decision.to_status != "CONFLICT":
-        set_id = decision.instruction_set_id
-    if set_id is not None and decision.to_status not in (None, "CONFLICT"):
-        upsert_instruction_set(
-            session, set_id, row.submission, result.http_status if result else None, now
-        )
-    upsert_instruction(session, row, decision, now, set_id)
+    record_ibkr_view(tx, row, decision, result, now)
+    _count(row, decision, result, counts_as_poll)
+    _take_ibkr_fields(row, decision)
+    _schedule(ctx, row, decision, now)
+    _announce(tx, ctx, row, decision, api, now)
+    if decision.applied_twice is not None and row.applied_twice_at is None:
+        record_applied_twice(tx, ctx, row, decision, api=api, now=now)
+    _check_overdue(tx, ctx, row, decision, now)
+    if not was_final and row.final_at is not None and needs_second_look(row):
+        # Two attempts of ours left: one more look once any straggler would have registered,
+        # so that a second transaction shows (a 208) even after the first answer was final.
+        row.next_poll_at = now + timedelta(seconds=second_look_delay_s(ctx))
+
+
+def _count(
+    row: ClientInstruction, decision: Decision, result: ApiResult | None, counts_as_poll: bool
+) -> None:
+    """The row's poll, API call and error counters."""
     if counts_as_poll:
         row.poll_count += 1
     if result is not None:
         row.api_call_count += 1
     row.error_retry_count = row.error_retry_count + 1 if decision.is_error else 0
-    if decision.to_status != "CONFLICT":
+
+
+def _take_ibkr_fields(row: ClientInstruction, decision: Decision) -> None:
+    """IBKR's ids, reference and result for the row (not from a CONFLICT's transaction), and
+    the decision's error."""
+    if decision.to_status != Status.CONFLICT:
         if decision.instruction_set_id is not None and row.instruction_set_id is None:
             row.instruction_set_id = decision.instruction_set_id
         if decision.instruction_id is not None:
@@ -332,6 +224,12 @@ def apply_decision(
     if decision.error_code is not None:
         row.error_code = decision.error_code
         row.error_message = decision.error_message
+
+
+def _schedule(
+    ctx: TrackingContext, row: ClientInstruction, decision: Decision, now: datetime
+) -> None:
+    """The row's deadline (from its first poll), its next look, and its lease given up."""
     if row.deadline_at is None and decision.action is Action.POLL:
         bulk = row.submission.is_bulk if row.submission is not None else False
         profile = backoff.profile_for(row.instruction_type, ctx.settings.poll, bulk=bulk)
@@ -340,27 +238,38 @@ def apply_decision(
     row.lease_owner = None
     row.lease_expires_at = None
     row.updated_at = now
+
+
+def _announce(
+    tx: Tx,
+    ctx: TrackingContext,
+    row: ClientInstruction,
+    decision: Decision,
+    api: ApiCall | None,
+    now: datetime,
+) -> None:
+    """The status change with its audit and outbox events (and the metric once committed);
+    without a change, an audit note of why we look again."""
     details = dict(decision.extra_audit) if decision.extra_audit else None
-    if decision.to_status is not None and decision.to_status != row.status:
+    to_status = decision.to_status
+    if to_status is not None and to_status != row.status:
         change_status(
-            session,
+            tx,
             row,
-            decision.to_status,
+            to_status,
             reason=decision.reason,
             actor=ctx.actor,
             now=now,
             api=api,
             details=details,
         )
-        after_commit(
-            session, partial(ctx.observer.status_changed, row.instruction_type, decision.to_status)
-        )
-        if row.instruction_type == VERIFICATION_TYPE and decision.to_status == "PROCESSED":
-            look_at_verified_instruction(session, ctx, row, now)
+        tx.after_commit(partial(ctx.observer.status_changed, row.instruction_type, to_status))
+        if row.instruction_type == VERIFICATION_TYPE and to_status == Status.PROCESSED:
+            look_at_verified_instruction(tx, ctx, row, now)
     elif decision.is_error or decision.action in (Action.RESOLVE, Action.RESEND):
         # Nothing changed for the producers, but the trail says why we are looking again.
         change_status(
-            session,
+            tx,
             row,
             row.status,
             reason=decision.reason,
@@ -369,20 +278,20 @@ def apply_decision(
             api=api,
             details=details,
         )
-    if decision.applied_twice is not None and row.applied_twice_at is None:
-        record_applied_twice(session, ctx, row, decision, api=api, now=now)
+
+
+def _check_overdue(
+    tx: Tx, ctx: TrackingContext, row: ClientInstruction, decision: Decision, now: datetime
+) -> None:
+    """Announce (once) a row past its deadline without a final status."""
     if (
         row.deadline_at is not None
         and row.overdue_at is None
         and row.final_at is None
         and now >= row.deadline_at
     ):
-        mark_overdue(session, row, actor=ctx.actor, now=now)
+        mark_overdue(tx, row, actor=ctx.actor, now=now)
         row.next_poll_at = next_look_at(ctx, row, decision, now)
-    if not was_final and row.final_at is not None and needs_second_look(row):
-        # Two attempts of ours left: one more look once any straggler would have registered,
-        # so that a second transaction shows (a 208) even after the first answer was final.
-        row.next_poll_at = now + timedelta(seconds=second_look_delay_s(ctx))
 
 
 def needs_second_look(row: ClientInstruction) -> bool:
@@ -392,7 +301,7 @@ def needs_second_look(row: ClientInstruction) -> bool:
         submission is not None
         and (submission.sent_attempts or 0) >= 2
         and row.applied_twice_at is None
-        and row.status != "FAILED"
+        and row.status != Status.FAILED
     )
 
 
@@ -403,7 +312,7 @@ def second_look_delay_s(ctx: TrackingContext) -> float:
 
 
 def record_applied_twice(
-    session: Session,
+    tx: Tx,
     ctx: TrackingContext,
     row: ClientInstruction,
     decision: Decision,
@@ -423,7 +332,7 @@ def record_applied_twice(
     )
     row.updated_at = now
     append_audit(
-        session,
+        tx,
         row,
         from_status=row.status,
         to_status=row.status,
@@ -433,5 +342,5 @@ def record_applied_twice(
         api=api,
         details={"appliedTwice": details},
     )
-    emit_event(session, row, event="applied_twice", now=now)
-    after_commit(session, partial(ctx.observer.applied_twice, row.instruction_type))
+    emit_event(tx, row, event="applied_twice", now=now)
+    tx.after_commit(partial(ctx.observer.applied_twice, row.instruction_type))

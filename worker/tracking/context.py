@@ -7,13 +7,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from worker.clock import Clock
-from worker.config import Settings
+from worker.config import DEFAULT_LEASE_S, Settings
 from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint
 from worker.ibkr.responses import ApiResult
+from worker.store import Store
 
 
 class IbkrApi(Protocol):
@@ -63,7 +62,7 @@ class TrackingContext:
     """
 
     settings: Settings
-    session_factory: sessionmaker[Session]
+    store: Store
     ibkr: IbkrApi
     clock: Clock
     actor: str
@@ -71,6 +70,6 @@ class TrackingContext:
     rng: random.Random = field(default_factory=random.Random)
     observer: Observer = field(default_factory=NullObserver)
     # How long a claimed row stays ours; a crashed holder's rows are taken over after it.
-    lease_s: float = 90.0
+    lease_s: float = DEFAULT_LEASE_S
     # How long a freshly received request waits for the worker before the scheduler sends it.
     received_grace_s: float = 30.0

@@ -4,7 +4,7 @@ them for people, and the reason.
 The view (`dead-letters list`, later the console) is the message as received with bank, broker
 and tax account numbers masked (and secrets removed), truncated past 64 KiB, invalid UTF-8 and
 NUL replaced; flags say which of these made it differ from the original. The original bytes
-are kept apart (`DeadLetterOriginal`) and read only by replay, which sends them unchanged.
+are kept apart (`dead_letter_originals`) and read only by replay, which sends them unchanged.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
-
-from models import DeadLetter, DeadLetterOriginal, MessageFailure
 from worker import jsontext
+from worker.config import KEPT_BODY_BYTES
 from worker.inbound.arrival import Refused, parse_json
 from worker.logging import get_logger
 from worker.redaction import mask_bank_details, scrub_text
+from worker.store import Store, Tx, deadletters
+from worker.store.rows import DeadLetter
 
 log = get_logger(__name__)
 #: Longest view kept and shown, in bytes of UTF-8 (the contract's 64 KiB).
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = KEPT_BODY_BYTES
 MAX_REASON_CHARS = 4000
 REPLACEMENT = "\ufffd"
 _SCRUB_MARGIN_BYTES = 256
@@ -111,12 +110,12 @@ def _has_invalid_utf8(raw: bytes) -> bool:
 
 
 def failure_key(message_id: str | None, raw: bytes) -> str:
-    """The key of a message in `MessageFailure`: its message id, or the digest of its bytes."""
+    """The key of a message's failure count: its message id, or the digest of its bytes."""
     return message_id if message_id else "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def record_dead_letter(
-    session_factory: sessionmaker[Session],
+    store: Store,
     *,
     body: bytes | str,
     reason: str,
@@ -139,19 +138,8 @@ def record_dead_letter(
     digest = hashlib.sha256(raw).hexdigest()
     message_id = message_id or None
     reason = scrub_text(reason)[:MAX_REASON_CHARS].replace("\x00", REPLACEMENT)
-    with session_factory.begin() as session:
-        existing = session.execute(
-            select(DeadLetter)
-            .where(
-                DeadLetter.message_id == message_id
-                if message_id is not None
-                else DeadLetter.message_id.is_(None),
-                DeadLetter.body_sha256 == digest,
-                DeadLetter.body_size == size,
-            )
-            .order_by(DeadLetter.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+    with store.transaction() as tx:
+        existing = deadletters.same_letter(tx, message_id, digest, size)
         if existing is not None:
             existing.seen_count += 1
             existing.last_seen_at = now
@@ -171,14 +159,8 @@ def record_dead_letter(
                 reason=reason,
                 first_seen_at=now,
                 last_seen_at=now,
-                seen_count=1,
-                replay_count=0,
             )
-            session.add(letter)
-            session.flush()
-            letter_id = letter.id
-            if complete:
-                session.add(DeadLetterOriginal(dead_letter_id=letter_id, body=raw))
+            letter_id = deadletters.add_letter(tx, letter, raw if complete else None)
     log.warning(
         "message set aside as a dead letter",
         dead_letter_id=letter_id,
@@ -197,23 +179,15 @@ class Replay:
     original: bytes
 
 
-def letters_to_replay(session: Session, ids: Sequence[int]) -> list[Replay]:
+def letters_to_replay(tx: Tx, ids: Sequence[int]) -> list[Replay]:
     """The dead letters named by `ids`, in that order, with their original bytes; raises
     LookupError for unknown ids and ValueError for letters whose bytes were not kept (the
     message was larger than MAX_MESSAGE_BYTES)."""
-    letters = {
-        letter.id: letter
-        for letter in session.execute(select(DeadLetter).where(DeadLetter.id.in_(ids))).scalars()
-    }
+    letters = deadletters.letters(tx, ids)
     missing = [str(i) for i in ids if i not in letters]
     if missing:
         raise LookupError(f"no dead letter with id {', '.join(missing)}")
-    originals: dict[int, bytes] = {
-        row.dead_letter_id: row.body
-        for row in session.execute(
-            select(DeadLetterOriginal).where(DeadLetterOriginal.dead_letter_id.in_(ids))
-        ).scalars()
-    }
+    originals = deadletters.originals(tx, ids)
     not_kept = [str(i) for i in ids if i not in originals]
     if not_kept:
         raise ValueError(
@@ -224,12 +198,12 @@ def letters_to_replay(session: Session, ids: Sequence[int]) -> list[Replay]:
     return [Replay(letters[i], bytes(originals[i])) for i in ids]
 
 
-def mark_replayed(session: Session, replays: Sequence[Replay], now: datetime) -> None:
+def mark_replayed(tx: Tx, replays: Sequence[Replay], now: datetime) -> None:
     """Count the replay on each letter and reset the failure count of its message (a replayed
     message starts with all its retries)."""
     keys = {failure_key(r.letter.message_id, r.original) for r in replays}
     keys |= {failure_key(None, r.original) for r in replays}
-    session.execute(delete(MessageFailure).where(MessageFailure.key.in_(keys)))
+    deadletters.forget_failures(tx, sorted(keys))
     for replay in replays:
         replay.letter.replay_count += 1
         replay.letter.replayed_at = now

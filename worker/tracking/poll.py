@@ -11,19 +11,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
-
-from models import ClientInstruction, Submission, is_postgresql
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.responses import Outcome
 from worker.logging import get_logger
+from worker.status import SENDING, Status
+from worker.store import tracked
+from worker.store.errors import DatabaseError
+from worker.store.tracked import Claimed
 from worker.tracking import backoff
 from worker.tracking.apply import (
     api_call_of,
@@ -34,89 +31,28 @@ from worker.tracking.apply import (
 )
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Action, after_lookup, after_set_read, reconcile
-from worker.tracking.submit import Attempt, begin_attempt, lock_members, post, record, send
+from worker.tracking.submit import Attempt, begin_attempt, post, record, send
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A row this process now holds the lease of; `claimed_at`: when (the shared clock), the
-    earliest moment anything this process then asks IBKR about it can have left."""
-
-    id: int
-    status: str
-    submission_id: int | None
-    instruction_set_id: int | None
-    is_bulk: bool
-    claimed_at: datetime
-    final: bool = False
-    applied_twice: bool = False
 
 
 def claim_due(ctx: TrackingContext, *, limit: int) -> list[Claimed]:
     """Take the lease of up to `limit` rows whose next look is due, oldest first."""
     now = ctx.clock.now()
-    lease_until = now + timedelta(seconds=ctx.lease_s)
-    with ctx.session_factory.begin() as session:
-        due = (
-            select(ClientInstruction.id)
-            .where(ClientInstruction.next_poll_at <= now)
-            .order_by(ClientInstruction.next_poll_at)
-            .limit(limit)
+    with ctx.store.transaction() as tx:
+        return tracked.claim_due(
+            tx,
+            now=now,
+            owner=ctx.owner,
+            lease_until=now + timedelta(seconds=ctx.lease_s),
+            limit=limit,
         )
-        if is_postgresql(session):
-            due = due.with_for_update(skip_locked=True)
-        claimed_ids = list(
-            session.execute(
-                update(ClientInstruction)
-                .where(ClientInstruction.id.in_(due.scalar_subquery()))
-                .values(
-                    next_poll_at=lease_until, lease_owner=ctx.owner, lease_expires_at=lease_until
-                )
-                .returning(ClientInstruction.id)
-                .execution_options(synchronize_session=False)
-            ).scalars()
-        )
-        if not claimed_ids:
-            return []
-        rows = session.execute(
-            select(
-                ClientInstruction.id,
-                ClientInstruction.status,
-                ClientInstruction.submission_id,
-                ClientInstruction.instruction_set_id,
-                ClientInstruction.final_at,
-                ClientInstruction.applied_twice_at,
-                Submission.is_bulk,
-            )
-            .outerjoin(Submission, Submission.id == ClientInstruction.submission_id)
-            .where(ClientInstruction.id.in_(claimed_ids))
-        ).all()
-    return [
-        Claimed(
-            r.id,
-            r.status,
-            r.submission_id,
-            r.instruction_set_id,
-            bool(r.is_bulk),
-            now,
-            final=r.final_at is not None,
-            applied_twice=r.applied_twice_at is not None,
-        )
-        for r in rows
-    ]
 
 
 def next_due_in_s(ctx: TrackingContext, cap_s: float) -> float:
     """Seconds until the earliest scheduled look (at most `cap_s`), for the scheduler's sleep."""
-    with ctx.session_factory() as session:
-        earliest = session.execute(
-            select(ClientInstruction.next_poll_at)
-            .where(ClientInstruction.next_poll_at.is_not(None))
-            .order_by(ClientInstruction.next_poll_at)
-            .limit(1)
-        ).scalar_one_or_none()
+    with ctx.store.transaction() as tx:
+        earliest = tracked.next_due_at(tx)
     if earliest is None:
         return cap_s
     return max(0.0, min(cap_s, (earliest - ctx.clock.now()).total_seconds()))
@@ -138,7 +74,7 @@ def run_round(
     for row in claimed:
         if row.final:
             tasks.append(partial(second_look, ctx, row.id, row.claimed_at))
-        elif row.status in ("RECEIVED", "SUBMITTING") and row.submission_id is not None:
+        elif row.status in SENDING and row.submission_id is not None:
             by_submission[row.submission_id].append(row)
         elif (row.is_bulk or row.applied_twice) and row.instruction_set_id is not None:
             # A bulk member's set, or a single one that IBKR shows twice: read by its own
@@ -147,7 +83,7 @@ def run_round(
         else:
             tasks.append(partial(poll_one, ctx, row.id, row.claimed_at))
     for submission_id, rows in by_submission.items():
-        if any(r.status == "SUBMITTING" for r in rows):
+        if any(r.status == Status.SUBMITTING for r in rows):
             tasks.append(partial(resolve_submission, ctx, submission_id, rows[0].claimed_at))
         else:
             tasks.append(partial(send, ctx, submission_id))
@@ -169,16 +105,9 @@ def release_failed(ctx: TrackingContext, row_ids: list[int]) -> None:
     Best effort: if the database is still away, the lease runs out as before."""
     later = ctx.clock.now() + timedelta(seconds=backoff.ERROR_INITIAL_DELAY_S)
     try:
-        with ctx.session_factory.begin() as session:
-            session.execute(
-                update(ClientInstruction)
-                .where(
-                    ClientInstruction.id.in_(row_ids), ClientInstruction.lease_owner == ctx.owner
-                )
-                .values(next_poll_at=later, lease_owner=None, lease_expires_at=None)
-                .execution_options(synchronize_session=False)
-            )
-    except SQLAlchemyError:
+        with ctx.store.transaction() as tx:
+            tracked.release(tx, row_ids, ctx.owner, later)
+    except DatabaseError:
         log.warning("could not release the rows of failed steps; their leases will run out")
 
 
@@ -193,34 +122,6 @@ def _guarded(task: Callable[[], object]) -> bool:
     return True
 
 
-def _held(session: Session, ctx: TrackingContext, row_id: int) -> ClientInstruction | None:
-    query = select(ClientInstruction).where(ClientInstruction.id == row_id)
-    if is_postgresql(session):
-        query = query.with_for_update()
-    row = session.execute(query).scalar_one_or_none()
-    if row is None or row.lease_owner != ctx.owner or row.final_at is not None:
-        return None
-    return row
-
-
-def _set_owned_elsewhere(session: Session, row: ClientInstruction, set_id: int | None) -> bool:
-    if set_id is None:
-        return False
-    other = session.execute(
-        select(ClientInstruction.id)
-        .where(
-            ClientInstruction.instruction_set_id == set_id,
-            ClientInstruction.id != row.id,
-            or_(
-                ClientInstruction.submission_id.is_(None),
-                ClientInstruction.submission_id != row.submission_id,
-            ),
-        )
-        .limit(1)
-    ).first()
-    return other is not None
-
-
 def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
     """Look at one instruction with `GET /client-instructions/{id}` and record what it shows.
 
@@ -230,36 +131,37 @@ def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
     in the same transaction that decided it (so no other process can decide the same), and is
     sent. `claimed_at`: when this process claimed the row.
     """
-    with ctx.session_factory() as session:
-        row = session.get(ClientInstruction, row_id)
-        if row is None or row.lease_owner != ctx.owner or row.final_at is not None:
-            return
-        client_instruction_id = row.client_instruction_id
-    result = ctx.ibkr.get_client_instruction(client_instruction_id)
+    with ctx.store.transaction() as tx:
+        row = tracked.peek(tx, row_id)
+    if row is None or row.lease_owner != ctx.owner or row.final_at is not None:
+        return
+    result = ctx.ibkr.get_client_instruction(row.client_instruction_id)
     ctx.observer.api_call(result)
     attempt: Attempt | None = None
     with ctx.ibkr.permit():
-        with ctx.session_factory.begin() as session:
-            held = _held(session, ctx, row_id)
-            if held is None:
+        with ctx.store.transaction() as tx:
+            held = tracked.lock_row(tx, row_id)
+            if held is None or held.lease_owner != ctx.owner or held.final_at is not None:
                 return
             now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
             # The first member's lookups decide what became of a bulk POST, unless another
             # member already shows it registered (then a 404 is only a view lagging behind).
             deciding = (
                 held.position == 0 or held.submission_id is None
-            ) and not _sibling_registered(session, held)
+            ) and not tracked.sibling_registered(tx, held)
             decision = after_lookup(
                 tracked_of(held, with_content=True),
                 result,
-                set_owned_elsewhere=_set_owned_elsewhere(session, held, result.instruction_set_id),
+                set_owned_elsewhere=tracked.set_owned_elsewhere(
+                    tx, held, result.instruction_set_id
+                ),
                 looked_at=claimed_at,
                 now=now,
                 decides_attempt=deciding,
             )
-            sending = held.status in ("RECEIVED", "SUBMITTING")
+            sending = held.status in SENDING
             apply_decision(
-                session,
+                tx,
                 ctx,
                 held,
                 decision,
@@ -273,31 +175,12 @@ def poll_one(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None:
                 if decision.action is Action.RESEND:
                     held.lease_owner = ctx.owner  # ours until the next attempt is begun below
                     held.lease_expires_at = now + timedelta(seconds=ctx.lease_s)
-                    members = lock_members(session, submission.id)
-                    attempt = begin_attempt(
-                        session, ctx, submission, members, now, now_mono=now_mono
-                    )
+                    locked = tracked.lock_members(tx, [submission.id])[submission.id]
+                    attempt = begin_attempt(tx, ctx, locked, locked.members, now, now_mono=now_mono)
         if attempt is not None:
             answer = post(ctx, attempt)
     if attempt is not None:
         record(ctx, answer)
-
-
-def _sibling_registered(session: Session, row: ClientInstruction) -> bool:
-    """Another member of the row's submission already has a status from IBKR (so the POST
-    registered: IBKR registers a bulk request's members all or none)."""
-    if row.submission_id is None:
-        return False
-    other = session.execute(
-        select(ClientInstruction.id)
-        .where(
-            ClientInstruction.submission_id == row.submission_id,
-            ClientInstruction.id != row.id,
-            ClientInstruction.status.not_in(("RECEIVED", "SUBMITTING", "FAILED")),
-        )
-        .limit(1)
-    ).first()
-    return other is not None
 
 
 def resolve_submission(ctx: TrackingContext, submission_id: int, claimed_at: datetime) -> None:
@@ -308,24 +191,15 @@ def resolve_submission(ctx: TrackingContext, submission_id: int, claimed_at: dat
     one at once. Otherwise the first member's status decides for a bulk request too (IBKR
     registers all its members or none): after IBKR is seen not to know it, the whole body goes
     again; when IBKR has it, each member is looked at."""
-    with ctx.session_factory() as session:
-        submission = session.get(Submission, submission_id)
-        if submission is None:
-            return
-        open_attempt = submission.inflight_until is not None
-        members = list(
-            session.execute(
-                select(
-                    ClientInstruction.id, ClientInstruction.status, ClientInstruction.lease_owner
-                )
-                .where(ClientInstruction.submission_id == submission_id)
-                .order_by(ClientInstruction.position)
-            ).all()
-        )
-    ours = [m for m in members if m.status == "SUBMITTING" and m.lease_owner == ctx.owner]
+    with ctx.store.transaction() as tx:
+        state = tracked.submission_state(tx, submission_id)
+    if state is None:
+        return
+    open_attempt, members = state
+    ours = [m for m in members if m.status == Status.SUBMITTING and m.lease_owner == ctx.owner]
     if not ours:
         return
-    if not open_attempt and all(m.status in ("RECEIVED", "SUBMITTING") for m in members):
+    if not open_attempt and all(m.status in SENDING for m in members):
         send(ctx, submission_id)
         return
     # In flight, or registered (some members already have IBKR's status): each one still
@@ -338,17 +212,14 @@ def second_look(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None
     """The one look at a final instruction two of whose attempts left (see
     `apply.needs_second_look`): a 208 now shows that both registered."""
     del claimed_at  # any answer now is late enough: the look was scheduled past the horizon
-    with ctx.session_factory() as session:
-        row = session.get(ClientInstruction, row_id)
-        if row is None or row.lease_owner != ctx.owner:
-            return
-        client_instruction_id = row.client_instruction_id
-    result = ctx.ibkr.get_client_instruction(client_instruction_id)
+    with ctx.store.transaction() as tx:
+        row = tracked.peek(tx, row_id)
+    if row is None or row.lease_owner != ctx.owner:
+        return
+    result = ctx.ibkr.get_client_instruction(row.client_instruction_id)
     ctx.observer.api_call(result)
-    with ctx.session_factory.begin() as session:
-        held = session.execute(
-            _locked(session, select(ClientInstruction).where(ClientInstruction.id == row_id))
-        ).scalar_one_or_none()
+    with ctx.store.transaction() as tx:
+        held = tracked.lock_row(tx, row_id)
         if held is None or held.lease_owner != ctx.owner:
             return
         now = ctx.clock.now()
@@ -358,14 +229,10 @@ def second_look(ctx: TrackingContext, row_id: int, claimed_at: datetime) -> None
             held.next_poll_at = None
             decision = reconcile(tracked_of(held), result, set_owned_elsewhere=False)
             if decision.applied_twice is not None:
-                record_applied_twice(session, ctx, held, decision, api=api_call_of(result), now=now)
+                record_applied_twice(tx, ctx, held, decision, api=api_call_of(result), now=now)
             return
         # No usable answer: try once more after the error delay.
         held.next_poll_at = now + timedelta(seconds=backoff.ERROR_INITIAL_DELAY_S * 5)
-
-
-def _locked(session: Session, query: Select[Any]) -> Select[Any]:
-    return query.with_for_update() if is_postgresql(session) else query
 
 
 def poll_set(ctx: TrackingContext, instruction_set_id: int) -> None:
@@ -374,27 +241,10 @@ def poll_set(ctx: TrackingContext, instruction_set_id: int) -> None:
     result = ctx.ibkr.get_instruction_set(instruction_set_id)
     ctx.observer.api_call(result)
     now = ctx.clock.now()
-    with ctx.session_factory.begin() as session:
-        query = select(ClientInstruction).where(
-            ClientInstruction.instruction_set_id == instruction_set_id,
-            ClientInstruction.final_at.is_(None),
-            or_(
-                ClientInstruction.lease_owner == ctx.owner,
-                ClientInstruction.lease_owner.is_(None),
-                and_(
-                    ClientInstruction.lease_expires_at.is_not(None),
-                    ClientInstruction.lease_expires_at < now,
-                ),
-            ),
-        )
-        if is_postgresql(session):
-            query = query.with_for_update(skip_locked=True)
-        members = list(session.execute(query).scalars())
-        for member in members:
+    with ctx.store.transaction() as tx:
+        for member in tracked.lock_unfinished_of_set(tx, instruction_set_id, ctx.owner, now):
             decision = after_set_read(tracked_of(member), result, member.position)
-            apply_decision(
-                session, ctx, member, decision, result=result, now=now, counts_as_poll=True
-            )
+            apply_decision(tx, ctx, member, decision, result=result, now=now, counts_as_poll=True)
     if result.outcome not in (Outcome.ACCEPTED, Outcome.FINAL):
         log.warning(
             "instruction set read failed",

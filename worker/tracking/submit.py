@@ -12,21 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 from structlog.contextvars import bound_contextvars
 
-from models import ClientInstruction, Submission, is_postgresql
-from models.db import one_of
-from models.unsaved import new_unsaved, table_of, update_changed
 from worker import jsontext
 from worker.ibkr.calendar import in_downtime
 from worker.ibkr.client import SendBudget
 from worker.ibkr.endpoints import Endpoint, endpoint_at
 from worker.ibkr.responses import ApiResult, Outcome
+from worker.status import SENDING, Status
+from worker.store import Tx, ibkr, tracked
+from worker.store.rows import ClientInstruction, Submission
 from worker.tracking.apply import (
     apply_decision,
-    prefetch_ibkr_rows,
     settle_attempt,
     spread_past_downtime,
     tracked_of,
@@ -34,21 +31,6 @@ from worker.tracking.apply import (
 from worker.tracking.context import TrackingContext
 from worker.tracking.decisions import Decision, after_submit
 from worker.tracking.record import append_audit, change_status
-
-SENDABLE = frozenset({"RECEIVED", "SUBMITTING"})
-
-
-def lock_members(session: Session, submission_id: int) -> list[ClientInstruction]:
-    """The members of a submission, locked for this transaction (row locks on PostgreSQL; the
-    SQLite transaction already holds the write lock)."""
-    query = (
-        select(ClientInstruction)
-        .where(ClientInstruction.submission_id == submission_id)
-        .order_by(ClientInstruction.position)
-    )
-    if is_postgresql(session):
-        query = query.with_for_update()
-    return list(session.execute(query).scalars())
 
 
 @dataclass(frozen=True)
@@ -65,7 +47,8 @@ class Attempt:
 
     @property
     def submission_id(self) -> int:
-        """The submission's id (assigned when the transaction that begun the attempt flushed)."""
+        """The submission's id (allocated before the transaction that began the attempt
+        committed)."""
         return self.submission.id
 
 
@@ -116,7 +99,7 @@ def _ours_to_send(ctx: TrackingContext, members: list[ClientInstruction], now: d
 
 
 def begin_attempt(
-    session: Session,
+    tx: Tx,
     ctx: TrackingContext,
     submission: Submission,
     members: list[ClientInstruction],
@@ -145,7 +128,7 @@ def begin_attempt(
             f"a lease of {ctx.lease_s:g} s cannot cover a POST that may take {send_s:g} s to "
             "leave; raise IBKR_LEASE_S above twice IBKR_HTTP_TIMEOUT_S"
         )
-    sendable = [m for m in members if m.status in SENDABLE and m.duplicate_of_id is None]
+    sendable = [m for m in members if m.status in SENDING and m.duplicate_of_id is None]
     if not sendable or len(sendable) != len(members):
         return None
     if not _ours_to_send(ctx, members, now):
@@ -158,7 +141,7 @@ def begin_attempt(
             member.next_poll_at = later
             member.lease_owner = None
         append_audit(
-            session,
+            tx,
             members[0],
             from_status=members[0].status,
             to_status=members[0].status,
@@ -183,9 +166,9 @@ def begin_attempt(
         member.lease_owner = ctx.owner
         member.lease_expires_at = lease_until
         change_status(
-            session,
+            tx,
             member,
-            "SUBMITTING",
+            Status.SUBMITTING,
             reason=f"sending attempt {attempt}: {endpoint.method} {endpoint.path}",
             actor=ctx.actor,
             now=now,
@@ -202,13 +185,12 @@ def send(ctx: TrackingContext, submission_id: int) -> bool:
     (already answered, no longer ours, an attempt still in flight, or held for IBKR's
     scheduled downtime)."""
     with ctx.ibkr.permit():
-        with ctx.session_factory.begin() as session:
-            submission = session.get(Submission, submission_id)
+        with ctx.store.transaction() as tx:
+            submission = tracked.lock_members(tx, [submission_id]).get(submission_id)
             if submission is None:
                 return False
-            members = lock_members(session, submission_id)
             now, now_mono = ctx.clock.now(), ctx.clock.monotonic()
-            attempt = begin_attempt(session, ctx, submission, members, now, now_mono=now_mono)
+            attempt = begin_attempt(tx, ctx, submission, submission.members, now, now_mono=now_mono)
         if attempt is None:
             return False
         answer = post(ctx, attempt)
@@ -218,8 +200,8 @@ def send(ctx: TrackingContext, submission_id: int) -> bool:
 
 def record(ctx: TrackingContext, answer: Answer) -> None:
     """Record one answer in a transaction of its own."""
-    with ctx.session_factory.begin() as session:
-        record_answers(session, ctx, [answer])
+    with ctx.store.transaction() as tx:
+        record_answers(tx, ctx, [answer])
 
 
 def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
@@ -232,25 +214,27 @@ def post(ctx: TrackingContext, attempt: Attempt) -> Answer:
     return Answer(attempt, result, ctx.clock.now())
 
 
-def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Answer]) -> None:
+def record_answers(tx: Tx, ctx: TrackingContext, answers: Sequence[Answer]) -> None:
     """Record IBKR's answers for every member of their submissions, in the caller's transaction.
 
     The submissions and their (locked) members are read with one query, IBKR's rows the
-    answers name with one more per table, and what changed is written with one UPDATE per table
-    and set of changed columns, so recording many answers together costs a few statements.
+    answers name with one more per table, and what changed is written at the commit with one
+    UPDATE per table and set of changed columns, so recording many answers together costs a
+    few statements.
     """
-    ids = [answer.attempt.submission_id for answer in answers]
-    submissions, members = _lock_members_untracked(session, ids)
+    submissions = tracked.lock_members(tx, [answer.attempt.submission_id for answer in answers])
     decisions: list[tuple[Answer, ClientInstruction, Decision | None]] = []
     for answer in answers:
-        for member in members[answer.attempt.submission_id]:
-            late = member.status != "SUBMITTING" or member.attempt_count != answer.attempt.number
+        for member in submissions[answer.attempt.submission_id].members:
+            late = (
+                member.status != Status.SUBMITTING or member.attempt_count != answer.attempt.number
+            )
             decision = (
                 None if late else after_submit(tracked_of(member), answer.result, member.position)
             )
             decisions.append((answer, member, decision))
-    prefetch_ibkr_rows(
-        session,
+    ibkr.look_up(
+        tx,
         instruction_ids=[d.instruction_id for _, _, d in decisions if d and d.instruction_id],
         set_ids=[
             i
@@ -281,7 +265,7 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
         if decision is None:
             # Another process took over after our lease ran out; its record stands.
             append_audit(
-                session,
+                tx,
                 member,
                 from_status=member.status,
                 to_status=member.status,
@@ -293,55 +277,7 @@ def record_answers(session: Session, ctx: TrackingContext, answers: Sequence[Ans
                 now=answer.at,
             )
             continue
-        apply_decision(session, ctx, member, decision, result=answer.result, now=answer.at)
-    update_changed(session, [member for rows in members.values() for member in rows])
-    update_changed(session, list(submissions.values()))
-
-
-def _lock_members_untracked(
-    session: Session, submission_ids: list[int]
-) -> tuple[dict[int, Submission], dict[int, list[ClientInstruction]]]:
-    """The submissions and their members, the members locked for this transaction, read
-    with one query into instances no session tracks (`models.unsaved`), unlike
-    `lock_members`: `record_answers` writes what changed on them with `update_changed`, one
-    UPDATE per table, instead of the unit of work."""
-    members_table, submissions_table = table_of(ClientInstruction), table_of(Submission)
-    member_keys = [column.key for column in members_table.columns]
-    submission_labels = [(column.key, f"s_{column.key}") for column in submissions_table.columns]
-    query = (
-        select(
-            *members_table.columns,
-            *(submissions_table.c[key].label(label) for key, label in submission_labels),
-        )
-        .join_from(
-            members_table,
-            submissions_table,
-            members_table.c.submission_id == submissions_table.c.id,
-        )
-        .where(one_of(session, members_table.c.submission_id, submission_ids))
-        .order_by(members_table.c.submission_id, members_table.c.position)
-    )
-    if is_postgresql(session):
-        query = query.with_for_update(of=members_table)
-    submissions: dict[int, Submission] = {}
-    members: dict[int, list[ClientInstruction]] = {i: [] for i in submission_ids}
-    for row in session.execute(query).mappings():
-        submission_id = row["s_id"]
-        submission = submissions.get(submission_id)
-        if submission is None:
-            submission = submissions[submission_id] = new_unsaved(
-                Submission,
-                members=members[submission_id],
-                **{key: row[label] for key, label in submission_labels},
-            )
-        members[submission_id].append(
-            new_unsaved(
-                ClientInstruction,
-                submission=submission,
-                **{key: row[key] for key in member_keys},
-            )
-        )
-    return submissions, members
+        apply_decision(tx, ctx, member, decision, result=answer.result, now=answer.at)
 
 
 def release_unfinished(ctx: TrackingContext, message_id: str) -> int:
@@ -353,16 +289,5 @@ def release_unfinished(ctx: TrackingContext, message_id: str) -> int:
     (`ctx.lease_s`, IBKR_LEASE_S). Returns the number of rows released.
     """
     now = ctx.clock.now()
-    with ctx.session_factory.begin() as session:
-        released = session.execute(
-            update(ClientInstruction)
-            .where(
-                ClientInstruction.message_id == message_id,
-                ClientInstruction.status == "SUBMITTING",
-                ClientInstruction.lease_owner == ctx.owner,
-            )
-            .values(next_poll_at=now, lease_owner=None, lease_expires_at=None)
-            .returning(ClientInstruction.id)
-            .execution_options(synchronize_session=False)
-        ).all()
-        return len(released)
+    with ctx.store.transaction() as tx:
+        return tracked.release_submitting_of_message(tx, message_id, ctx.owner, now)

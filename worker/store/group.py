@@ -2,12 +2,12 @@
 
 A worker thread that has received a message (or an answer to its POST) hands the step to the
 process's `GroupCommit` and waits. One writer thread takes every step waiting at that moment,
-runs them in one transaction with the batch functions of `intake` and `submit` (a few
-statements for the whole batch), commits, and wakes the threads. Nothing waits for a batch to
-fill: a lone step is a batch of one, and under load the batch is whatever arrived while the
-previous one was being committed.
+runs them in one store transaction with the batch functions of `tracking.intake` and
+`tracking.submit` (a few statements for the whole batch), commits, and wakes the threads.
+Nothing waits for a batch to fill: a lone step is a batch of one, and under load the batch is
+whatever arrived while the previous one was being committed.
 
-The order that keeps money from moving twice is unchanged: a thread POSTs only after the
+The order that keeps money from moving twice holds: a thread POSTs only after the
 transaction holding its SUBMITTING rows has committed, and acknowledges its message only after
 the answer is committed. When a batch fails as a whole (a database error, a request the
 database refuses), nothing of it is committed and every step runs again on its own, in its
@@ -24,9 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from worker.logging import get_logger
+from worker.store.database import Store, Tx
 
 log = get_logger(__name__)
 
@@ -35,7 +34,7 @@ Result = TypeVar("Result")
 
 #: Runs several steps of one kind in the caller's transaction; for each step, a call that
 #: gives its result once the transaction has committed, or None to run it alone afterwards.
-BatchStep = Callable[[Session, Sequence[Any]], Sequence[Callable[[], Any] | None]]
+BatchStep = Callable[[Tx, Sequence[Any]], Sequence[Callable[[], Any] | None]]
 #: Runs one step in a transaction of its own (with its own retries), in the calling thread.
 AloneStep = Callable[[Any], Any]
 
@@ -51,8 +50,7 @@ class StepKind(Generic[Item, Result]):
 
 class _Waiting:
     """A step handed to the writer. The thread that handed it blocks in `wait` until the
-    writer calls `done` (once): a bare lock held from the start, which `done` releases, wakes
-    the thread with one lock operation where an Event takes a condition and two locks."""
+    writer calls `done` (once), which releases the lock held from the start."""
 
     __slots__ = ("_latch", "finish", "item", "kind")
 
@@ -79,13 +77,8 @@ class GroupCommit:
     the tests; the gap between the two is time spent waiting for the database or the GIL).
     """
 
-    def __init__(
-        self,
-        session_factory: sessionmaker[Session],
-        *,
-        max_batch: int = 64,
-    ) -> None:
-        self._session_factory = session_factory
+    def __init__(self, store: Store, *, max_batch: int = 64) -> None:
+        self._store = store
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -178,9 +171,9 @@ class GroupCommit:
             kinds: dict[str, list[_Waiting]] = {}
             for waiting in batch:
                 kinds.setdefault(waiting.kind.name, []).append(waiting)
-            with self._session_factory.begin() as session:
+            with self._store.transaction() as tx:
                 for same in kinds.values():
-                    finishes = same[0].kind.batch(session, [w.item for w in same])
+                    finishes = same[0].kind.batch(tx, [w.item for w in same])
                     for waiting, finish in zip(same, finishes, strict=True):
                         waiting.finish = finish
             self.stats["batches"] += 1

@@ -6,14 +6,29 @@ Used by `status --json` and as the body of every event, so both always agree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from models.tables import ClientInstruction
 from worker.redaction import mask_bank_details, scrub_text
 
-FINAL_STATUSES = frozenset({"PROCESSED", "REJECTED", "FAILED", "CONFLICT"})
-LOCAL_STATUSES = frozenset({"RECEIVED", "SUBMITTING", "FAILED", "CONFLICT"})
-IBKR_STATUSES = frozenset({"PENDING", "PENDING_VERIFICATION", "PROCESSED", "REJECTED"})
+
+class TrackedRow(Protocol):
+    """What the status object is made of (a `worker.store.rows.ClientInstruction`)."""
+
+    client_instruction_id: int
+    instruction_type: str
+    status: str
+    instruction_id: int | None
+    instruction_set_id: int | None
+    ib_reference_id: int | None
+    error_code: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+    correlation_id: str | None
+    account_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    final_at: datetime | None
+    poll_count: int
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -25,7 +40,7 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def tracked_state(row: ClientInstruction) -> dict[str, Any]:
+def tracked_state(row: TrackedRow) -> dict[str, Any]:
     """The status object of the contract for one client instruction. The error text and the
     result pass the redaction (IBKR's words and a request's values may carry account numbers)."""
     error = None

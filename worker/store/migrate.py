@@ -1,9 +1,10 @@
 """Alembic upgrade and downgrade with the migrations shipped inside the package.
 
 The configuration is built in code (no `alembic.ini` is read), so `ibkr-worker migrate` works
-from any working directory. Each run happens in one transaction: on PostgreSQL it first takes a
-transaction-level advisory lock, so concurrent runs wait for each other and the later ones find
-the schema already at head; on SQLite the engine's `BEGIN IMMEDIATE` serialises them.
+from any working directory. Database errors leave as the store's (`worker.store.errors`). Each
+run happens in one transaction: on PostgreSQL it first takes a transaction-level advisory lock,
+so concurrent runs wait for each other and the later ones find the schema already at head; on
+SQLite the engine's `BEGIN IMMEDIATE` serialises them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, text
 
 import migrations
 from models.db import make_engine, normalise_url
+from worker.store.errors import translated
 
 # Arbitrary but fixed key of the PostgreSQL advisory lock held while migrating ("ibkrmigr").
 MIGRATION_LOCK_KEY = 0x69626B726D696772
@@ -59,7 +61,7 @@ def _run(url: str, target: str, *, upgrade: bool) -> None:
     config = alembic_config(url)
     engine = make_engine(url, pool_size=1)
     try:
-        with engine.begin() as connection:
+        with translated(), engine.begin() as connection:
             _lock(connection)
             config.attributes["connection"] = connection
             if upgrade:
@@ -84,7 +86,7 @@ def current_revision(url: str) -> str | None:
     """The revision the database at `url` is at, or None if it was never migrated."""
     engine = make_engine(url, pool_size=1)
     try:
-        with engine.connect() as connection:
+        with translated(), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()

@@ -7,7 +7,6 @@ otherwise the tests that need it are skipped and listed at the end of the run.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,12 +18,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-CI = os.environ.get("CI", "").lower() == "true"
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+from tests.services import CI, TEST_BROKER_URL, TEST_DATABASE_URL, rabbitmqctl
+
 RUN_ID = uuid.uuid4().hex[:8]
 
 _not_run: dict[str, str] = {}
@@ -142,10 +137,6 @@ def sqlite_url(tmp_path: Path) -> str:
 # --- RabbitMQ -------------------------------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
     """A broker URL pointing at a vhost of this run's own (deleted at the end)."""
@@ -157,16 +148,16 @@ def amqp_url() -> Iterator[str]:
         yield TEST_BROKER_URL
         return
     try:
-        _rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("add_vhost", vhost)
         parts = urlsplit(TEST_BROKER_URL)
         user = parts.username or "guest"
-        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
     except (subprocess.SubprocessError, OSError) as error:
         _unavailable("RabbitMQ", f"cannot create a test vhost: {error}")
     parts = urlsplit(TEST_BROKER_URL)
     yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
     try:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
     except (subprocess.SubprocessError, OSError):
         pass
 
@@ -216,12 +207,12 @@ def fresh_amqp_url(amqp_url: str) -> Iterator[str]:
         yield amqp_url
         return
     vhost = f"ibkr-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_vhost", vhost)
     parts = urlsplit(TEST_BROKER_URL)
-    _rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+    rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
     yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
     try:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
     except (subprocess.SubprocessError, OSError):
         pass
 
@@ -261,3 +252,9 @@ def make_pipeline(
             pipe.stop_all()
         finally:
             pipe.sandbox.stop()
+
+
+@pytest.fixture
+def pipeline(make_pipeline: Callable[..., object]) -> object:
+    """A `Pipeline` (see `make_pipeline`) whose sandbox runs its clock 60 times faster."""
+    return make_pipeline(speed=60.0)

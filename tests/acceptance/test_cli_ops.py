@@ -7,20 +7,15 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pika
 import pytest
 
+from tests.builders import bulk, transfer, transfer_member
 from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
-    return make_pipeline(speed=60.0)
 
 
 def queue_depth(broker_url: str, queue: str = "ibkr.instructions") -> int:
@@ -48,26 +43,14 @@ def queue_exists(broker_url: str, queue: str = "ibkr.instructions.XQ") -> bool:
             connection.close()
 
 
-def transfer(cid: int | None, amount: str = "10.00") -> dict:  # type: ignore[type-arg]
-    instruction = {
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": amount,
-        "currency": "USD",
-    }
-    if cid is not None:
-        instruction = {"clientInstructionId": cid, **instruction}
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
-
-
 def test_submit_publishes_every_entry_and_prints_one_line_per_member(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    bulk = {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instructions": [transfer(None)["instruction"], transfer(None, "11.00")["instruction"]],
-    }
-    lines = [json.dumps(transfer(940001)), json.dumps({"request": bulk, "correlation_id": "c-1"})]
+    request = bulk("INTERNAL_CASH_TRANSFER", [transfer_member(), transfer_member(amount="11.00")])
+    lines = [
+        json.dumps(transfer(940001)),
+        json.dumps({"request": request, "correlation_id": "c-1"}),
+    ]
     source = tmp_path / "requests.jsonl"
     source.write_text("\n".join(lines) + "\n")
     result = pipeline.cli("submit", str(source))

@@ -61,11 +61,9 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
+def cli(tmp_path: Path, work: Path) -> Cli:
     """An un-migrated SQLite database and a working directory without a .env file."""
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    return Cli(workdir, f"sqlite:///{tmp_path / 'ibkr.db'}")
+    return Cli(work, f"sqlite:///{tmp_path / 'ibkr.db'}")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import DROP, bulk, transfer, transfer_member
 from tests.integration.pipeline import Pipeline
 from worker.broker import ACTOR_NAME, QUEUE_NAME
 
@@ -20,24 +21,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 GOOD_FIRST = 5_500_000
 BAD_FIRST = 5_600_000
 SET_ASIDE_WITHIN_S = 20.0  # from publishing until every bad message is visible with a reason
-
-
-def ict(cid: int | str | None, **changes: Any) -> dict[str, Any]:
-    instruction: dict[str, Any] = {
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": "5.00",
-        "currency": "USD",
-    }
-    if cid is not None:
-        instruction["clientInstructionId"] = cid
-    instruction.update(changes)
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
-
-
-def without(request: dict[str, Any], name: str) -> dict[str, Any]:
-    request["instruction"].pop(name)
-    return request
 
 
 # Every option a producer could set; dramatiq would act on each (hold the message until the
@@ -102,47 +85,44 @@ def bad_messages() -> tuple[dict[str, bytes], dict[str, tuple[int, str, bytes]],
 
     # Not something we can track: dead letters.
     expect_dead({"correlation_id": "no-request"})
-    expect_dead({"request": ict(next(n)), "priority": 5})
+    expect_dead({"request": transfer(next(n)), "priority": 5})
     expect_dead({"request": "INTERNAL_CASH_TRANSFER"})
-    expect_dead({"request": [ict(next(n))]})
-    expect_dead({"request": {"instruction": ict(next(n))["instruction"]}})
+    expect_dead({"request": [transfer(next(n))]})
+    expect_dead({"request": {"instruction": transfer(next(n))["instruction"]}})
     expect_dead({"request": {"instructionType": "INTERNAL_CASH_TRANSFER"}})
-    expect_dead({"request": ict("twelve")})
-    expect_dead({"request": ict(0)})  # 0 stands for "made outside the API" at IBKR
-    expect_dead({"request": ict(2**53)})  # beyond what JSON's doubles carry exactly
+    expect_dead({"request": transfer("twelve")})
+    expect_dead({"request": transfer(0)})  # 0 stands for "made outside the API" at IBKR
+    expect_dead({"request": transfer(2**53)})  # beyond what JSON's doubles carry exactly
     expect_dead({"request": {"instructionType": "INTERNAL_CASH_TRANSFER", "instructions": []}})
-    expect_dead({"request": ict(next(n))}, args=[1, 2])
-    expect_dead({"request": ict(next(n))}, actor="transfer_money")
+    expect_dead({"request": transfer(next(n))}, args=[1, 2])
+    expect_dead({"request": transfer(next(n))}, actor="transfer_money")
     # Above MAX_MESSAGE_BYTES (2 MiB by default): set aside on its size alone.
-    expect_dead({"request": ict(next(n), clientNote="x" * (5 * 1024 * 1024))})
+    expect_dead({"request": transfer(next(n), clientNote="x" * (5 * 1024 * 1024))})
     # Nested deeper than any IBKR body (the parser, the validators and the redaction recurse).
-    message_id, body = message({"request": ict(next(n), sourceAccountId="DEEP")})
+    message_id, body = message({"request": transfer(next(n), sourceAccountId="DEEP")})
     dead[message_id] = body.replace(b'"DEEP"', b'{"a":' * 5000 + b'"U46377"' + b"}" * 5000)
     # Names a request, but IBKR would refuse it: FAILED with the field named, nothing sent.
-    expect_failed(ict(next(n), amount="-10.00"), "instruction.amount")
-    expect_failed(ict(next(n), amount="0"), "instruction.amount")
-    expect_failed(ict(next(n), amount="ten"), "instruction.amount")
-    expect_failed(without(ict(next(n)), "targetAccountId"), "instruction.targetAccountId")
-    expect_failed(without(ict(next(n)), "currency"), "instruction.currency")
-    expect_failed(ict(next(n), currency="DOLLARS"), "instruction.currency")
-    expect_failed(ict(next(n), clientNote="Überweisung für März"), "instruction.clientNote")
-    expect_failed(ict(next(n), clientNote="x" * (1024 * 1024)), "instruction.clientNote")
+    expect_failed(transfer(next(n), amount="-10.00"), "instruction.amount")
+    expect_failed(transfer(next(n), amount="0"), "instruction.amount")
+    expect_failed(transfer(next(n), amount="ten"), "instruction.amount")
+    expect_failed(transfer(next(n), targetAccountId=DROP), "instruction.targetAccountId")
+    expect_failed(transfer(next(n), currency=DROP), "instruction.currency")
+    expect_failed(transfer(next(n), currency="DOLLARS"), "instruction.currency")
+    expect_failed(transfer(next(n), clientNote="Überweisung für März"), "instruction.clientNote")
+    expect_failed(transfer(next(n), clientNote="x" * (1024 * 1024)), "instruction.clientNote")
     expect_failed(
-        {"instructionType": "TELEPORT_CASH", "instruction": ict(next(n))["instruction"]},
+        {"instructionType": "TELEPORT_CASH", "instruction": transfer(next(n))["instruction"]},
         "instructionType",
     )
     cid = next(n)
     expect_failed(
-        {
-            "instructionType": "INTERNAL_CASH_TRANSFER",
-            "instructions": [ict(cid)["instruction"], ict(next(n), amount="-1")["instruction"]],
-        },
+        bulk("INTERNAL_CASH_TRANSFER", [transfer_member(cid), transfer_member(next(n), "-1")]),
         "instructions[1].amount",
     )
-    expect_failed(ict(next(n)), "correlation_id", correlation_id="c" * 500)
-    expect_failed(ict(next(n)), "correlation_id", correlation_id=12345)
-    expect_failed(ict(next(n), sourceAccountId=""), "instruction.sourceAccountId")
-    expect_failed(ict(next(n), amount="1e400"), "instruction.amount")
+    expect_failed(transfer(next(n)), "correlation_id", correlation_id="c" * 500)
+    expect_failed(transfer(next(n)), "correlation_id", correlation_id=12345)
+    expect_failed(transfer(next(n), sourceAccountId=""), "instruction.sourceAccountId")
+    expect_failed(transfer(next(n), amount="1e400"), "instruction.amount")
     # Not even a dramatiq message: dead letters without a message id.
     not_messages = [
         b"this is not json",
@@ -152,9 +132,9 @@ def bad_messages() -> tuple[dict[str, bytes], dict[str, tuple[int, str, bytes]],
         b'{"queue_name": "ibkr.instructions", "actor_name": "submit_instru',
         b'{"hello": "world"}',
         # Numbers whose decimal text would take gigabytes, and JSON's missing constants.
-        message({"request": ict(BAD_FIRST + 90)})[1].replace(b'"5.00"', b"1e-999999999"),
-        message({"request": ict(BAD_FIRST + 91)})[1].replace(b'"5.00"', b"1e999999999"),
-        message({"request": ict(BAD_FIRST + 92)})[1].replace(b'"5.00"', b"NaN"),
+        message({"request": transfer(BAD_FIRST + 90)})[1].replace(b'"10.00"', b"1e-999999999"),
+        message({"request": transfer(BAD_FIRST + 91)})[1].replace(b'"10.00"', b"1e999999999"),
+        message({"request": transfer(BAD_FIRST + 92)})[1].replace(b'"10.00"', b"NaN"),
     ]
     return dead, failed, not_messages
 
@@ -168,10 +148,10 @@ def test_malformed_messages_are_set_aside_at_once_with_reasons_and_good_ones_go_
     pipeline.start_worker()
     pipeline.start_scheduler()
     # Both running and consuming before the test's clock starts.
-    pipeline.publish([ict(GOOD_FIRST - 1)])
+    pipeline.publish([transfer(GOOD_FIRST - 1)])
     pipeline.wait_final(1, timeout_s=60)
 
-    good = [ict(GOOD_FIRST + i) for i in range(30)]
+    good = [transfer(GOOD_FIRST + i) for i in range(30)]
     bad_bodies = [*dead.values(), *(body for _, _, body in failed.values()), *not_messages]
     # Interleave: bad messages must not hold up the good ones behind them. Every third good one
     # carries every option a producer could set: ignored, it is processed like the others.

@@ -9,12 +9,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import pairwise
-from typing import Any
 
 import pytest
 
 from ibkr_sandbox.config import Timings
 from ibkr_sandbox.messages import Request, Response
+from tests.builders import transfer
 from tests.integration.pipeline import WORST_IBKR, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -29,19 +29,6 @@ LIMITS = {
 # two looks at one instruction closer than this were two looks in the same round.
 MIN_POLL_GAP_S = 0.4
 STATUS_GET = re.compile(r"^/gw/api/v1/client-instructions/(\d+)$")
-
-
-def transfer(cid: int) -> dict[str, Any]:
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": "7.00",
-            "currency": "USD",
-        },
-    }
 
 
 def record_status_reads(pipeline: Pipeline) -> dict[int, list[float]]:
@@ -84,7 +71,7 @@ def test_two_schedulers_and_two_workers_never_poll_one_instruction_twice_per_rou
     for name in ("scheduler-1", "scheduler-2"):
         pipeline.start_scheduler(name)
     cids = set(range(FIRST_ID, FIRST_ID + COUNT))
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish([transfer(cid, "7.00") for cid in sorted(cids)])
 
     statuses = pipeline.wait_final(COUNT, timeout_s=90)
 

@@ -11,11 +11,12 @@ import signal
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from tests.integration.pipeline import FINAL, WORST_IBKR, EventCollector, Pipeline
+from tests.builders import polled_every, transfers
+from tests.integration.faults import wait_all_final
+from tests.integration.pipeline import WORST_IBKR, EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -30,19 +31,8 @@ LIMITS = {
 RECOVERY_TIMEOUT_S = 200
 
 
-def transfer(cid: int) -> dict[str, Any]:
-    # Every third one above the sandbox's threshold: 202, batched, polled to the end.
-    amount = "250.00" if cid % 3 == 0 else "12.50"
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": amount,
-            "currency": "USD",
-        },
-    }
+#: Every third one above the sandbox's threshold: 202, batched, polled to the end.
+AMOUNT = polled_every(3, "250.00", "12.50")
 
 
 def progressed(pipeline: Pipeline) -> int:
@@ -67,7 +57,7 @@ def test_sigkilled_worker_and_scheduler_lose_nothing_and_apply_nothing_twice(
     events = EventCollector(pipeline.broker_url, "instruction.processed")
     pipeline.start_worker()
     pipeline.start_scheduler()
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
 
     kills: list[tuple[str, int]] = []
     for round_number in range(3):
@@ -88,11 +78,7 @@ def test_sigkilled_worker_and_scheduler_lose_nothing_and_apply_nothing_twice(
         for name in order:
             pipeline.restart(name)
 
-    def all_final() -> bool:
-        statuses = pipeline.statuses()
-        return set(statuses) >= cids and all(s in FINAL for s in statuses.values())
-
-    pipeline.wait_for(all_final, RECOVERY_TIMEOUT_S, f"all {COUNT} final (seed {seed})")
+    wait_all_final(pipeline, cids, RECOVERY_TIMEOUT_S, f"all {COUNT} final (seed {seed})")
     statuses = pipeline.statuses()
     assert set(statuses) == cids
     assert set(statuses.values()) == {"PROCESSED"}, f"seed {seed}"

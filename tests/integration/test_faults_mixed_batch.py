@@ -13,6 +13,16 @@ from typing import Any
 import pytest
 
 from ibkr_sandbox.config import Timings
+from tests.builders import (
+    bank_instruction,
+    bulk,
+    deposit,
+    position_transfer,
+    single,
+    transfer,
+    transfer_member,
+    withdrawal,
+)
 from tests.integration.pipeline import FINAL, EventCollector, Pipeline
 from worker.redaction import mask_bank_details
 
@@ -50,133 +60,44 @@ VERIFICATION, CANCEL = CID + 20, CID + 21
 BULK_MEMBERS = (CID + 31, CID + 32, CID + 33)
 
 
-def transfer(cid: int, amount: str, target: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "clientInstructionId": cid,
-        "sourceAccountId": "U46377",
-        "targetAccountId": target,
-        "amount": amount,
-        "currency": "USD",
-        **extra,
-    }
-
-
 def first_wave() -> list[dict[str, Any]]:
     tomorrow = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT10:00:00+00:00")
     return [
-        {
-            "instructionType": "INTERNAL_CASH_TRANSFER",
-            "instruction": transfer(ICT, "15.00", "U15667"),
-        },
-        {
-            "instructionType": "INTERNAL_CASH_TRANSFER",
-            "instructions": [
-                transfer(BULK_MEMBERS[0], "100.00", "U15667"),
-                transfer(BULK_MEMBERS[1], "200.00", "U87440"),
-                transfer(BULK_MEMBERS[2], "300.00", "U139838"),
+        transfer(ICT, "15.00"),
+        bulk(
+            "INTERNAL_CASH_TRANSFER",
+            [
+                transfer_member(BULK_MEMBERS[0], "100.00"),
+                transfer_member(BULK_MEMBERS[1], "200.00", targetAccountId="U87440"),
+                transfer_member(BULK_MEMBERS[2], "300.00", targetAccountId="U139838"),
             ],
-        },
-        {
-            "instructionType": "INTERNAL_POSITION_TRANSFER",
-            "instruction": {
-                "clientInstructionId": POSITION,
-                "sourceAccountId": "U399192",
-                "targetAccountId": "U87440",
-                "transferQuantity": 6,
-                "tradingInstrument": {"conid": 21323, "currency": "USD"},
+        ),
+        position_transfer(POSITION, tradingInstrument={"conid": 21323, "currency": "USD"}),
+        deposit(DEPOSIT, amount="2500.00", sendingInstitution="First Test Bank"),
+        withdrawal(WITHDRAWAL, amount="120.50", currency="USD"),
+        bank_instruction(
+            ACH,
+            accountId="U15667",
+            bankInstructionName="Payroll verify",
+            clientAccountInfo={
+                "bankRoutingNumber": "122199983",
+                "bankAccountNumber": "004455667788",
+                "bankName": "Test Credit Union",
+                "bankAccountTypeCode": 1,
             },
-        },
-        {
-            "instructionType": "DEPOSIT",
-            "instruction": {
-                "clientInstructionId": DEPOSIT,
-                "accountId": "U46377",
-                "amount": "2500.00",
-                "currency": "USD",
-                "bankInstructionMethod": "WIRE",
-                "sendingInstitution": "First Test Bank",
-            },
-        },
-        {
-            "instructionType": "WITHDRAWAL",
-            "instruction": {
-                "clientInstructionId": WITHDRAWAL,
-                "accountId": "U46377",
-                "amount": "120.50",
-                "currency": "USD",
-                "bankInstructionMethod": "WIRE",
-                "bankInstructionName": "Test Withdrawal",
-            },
-        },
-        {
-            "instructionType": "ACH_INSTRUCTION",
-            "instruction": {
-                "clientInstructionId": ACH,
-                "accountId": "U15667",
-                "bankInstructionCode": "USACH",
-                "achType": "DEBIT_CREDIT",
-                "bankInstructionName": "Payroll verify",
-                "currency": "USD",
-                "clientAccountInfo": {
-                    "bankRoutingNumber": "122199983",
-                    "bankAccountNumber": "004455667788",
-                    "bankName": "Test Credit Union",
-                    "bankAccountTypeCode": 1,
-                },
-            },
-        },
-        {
-            "instructionType": "INTERNAL_CASH_TRANSFER",
-            "instruction": transfer(SCHEDULED, "50.00", "U15667", dateTimeToOccur=tomorrow),
-        },
-        {
-            "instructionType": "QUERY_RECENT_INSTRUCTIONS",
-            "instruction": {
-                "clientInstructionId": RECENT,
-                "accountId": "U46377",
-                "transactionHistory": {"daysToGoBack": 7, "transactionType": "ALL"},
-            },
-        },
-        {
-            "instructionType": "QUERY_BANK_INSTRUCTION",
-            "instruction": {
-                "clientInstructionId": BANK_QUERY,
-                "accountId": "U46377",
-                "bankInstructionMethod": "WIRE",
-            },
-        },
-        {
-            "instructionType": "QUERY_RECURRING_INSTRUCTIONS",
-            "instruction": {"clientInstructionId": RECURRING, "accountId": "U399192"},
-        },
-        {
-            "instructionType": "QUERY_WITHDRAWABLE_FUNDS",
-            "instruction": {
-                "clientInstructionId": WITHDRAWABLE,
-                "accountId": "U87440",
-                "currency": "USD",
-            },
-        },
-        {
-            "instructionType": "QUERY_WITHDRAWABLE_CASH_EQUITY",
-            "instruction": {
-                "clientInstructionId": CASH_EQUITY,
-                "accountId": "U87440",
-                "currency": "USD",
-            },
-        },
-        {
-            "instructionType": "FOP",
-            "instruction": {
-                "clientInstructionId": FOP,
-                "accountId": "U46377",
-                "direction": "IN",
-                "contraBrokerAccountId": "12345678A",
-                "contraBrokerDtcCode": "534",
-                "quantity": 1000,
-                "tradingInstrument": {"conid": 12123, "currency": "USD"},
-            },
-        },
+        ),
+        transfer(SCHEDULED, "50.00", dateTimeToOccur=tomorrow),
+        single(
+            "QUERY_RECENT_INSTRUCTIONS",
+            RECENT,
+            accountId="U46377",
+            transactionHistory={"daysToGoBack": 7, "transactionType": "ALL"},
+        ),
+        single("QUERY_BANK_INSTRUCTION", BANK_QUERY, bankInstructionMethod="WIRE"),
+        single("QUERY_RECURRING_INSTRUCTIONS", RECURRING),
+        single("QUERY_WITHDRAWABLE_FUNDS", WITHDRAWABLE),
+        single("QUERY_WITHDRAWABLE_CASH_EQUITY", CASH_EQUITY),
+        single("FOP", FOP),
     ]
 
 

@@ -9,10 +9,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
+from tests.builders import polled_every, transfers
 from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -23,19 +23,8 @@ PER_SECOND = 10
 PER_MINUTE = 600
 
 
-def transfer(cid: int) -> dict[str, Any]:
-    # One in twenty answers 202 and is polled, so status reads share the budget too.
-    amount = "150.00" if cid % 20 == 0 else "3.00"
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": amount,
-            "currency": "USD",
-        },
-    }
+#: One in twenty answers 202 and is polled, so status reads share the budget too.
+AMOUNT = polled_every(20, "150.00", "3.00")
 
 
 def busiest(times: list[float], width_s: float) -> int:
@@ -77,7 +66,7 @@ def test_a_burst_of_400_stays_within_ibkr_limits_in_every_window_without_a_429(
     pipeline.start_worker(threads=8)
     pipeline.start_scheduler()
     cids = set(range(FIRST_ID, FIRST_ID + COUNT))
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
 
     # Looking seldom: the sandbox shares this process, and its clock is the one that counts.
     statuses = pipeline.wait_final(COUNT, timeout_s=110, poll_s=2.0)

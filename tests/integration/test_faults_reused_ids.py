@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import transfer
 from tests.integration.pipeline import CLIENT_ID, KEY_ID, Pipeline
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
@@ -20,19 +21,6 @@ from worker.ibkr.signing import load_private_key
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 
 THRESHOLD = Decimal(100)  # the sandbox answers 202 (pending, polled) above this amount
-
-
-def transfer(cid: int, amount: str, target: str) -> dict[str, Any]:
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": target,
-            "amount": amount,
-            "currency": "USD",
-        },
-    }
 
 
 def use_elsewhere(pipeline: Pipeline, cids: list[int], amount: str) -> dict[int, dict[str, Any]]:
@@ -48,7 +36,7 @@ def use_elsewhere(pipeline: Pipeline, cids: list[int], amount: str) -> dict[int,
     answers: dict[int, dict[str, Any]] = {}
     with IbkrClient(settings, private_key=load_private_key(pipeline.private_key_file)) as other:
         for cid in cids:
-            body = transfer(cid, amount, "U87440")
+            body = transfer(cid, amount, targetAccountId="U87440")
             body["instruction"]["amount"] = Decimal(amount)
             result = other.post_instruction(
                 endpoint_for("INTERNAL_CASH_TRANSFER", bulk=False), body
@@ -114,7 +102,7 @@ def test_ids_used_by_another_transaction_end_in_conflict_and_a_lost_answer_of_ou
 
     # Phase 1: every POST answer is lost until ours of the lost_* ids have reached IBKR.
     pipeline.sandbox.set_faults(drop_response_rate=1.0)
-    pipeline.publish([transfer(cid, "20.00", "U15667") for cid in lost_fresh + lost_reused])
+    pipeline.publish([transfer(cid, "20.00") for cid in lost_fresh + lost_reused])
     pipeline.wait_for(
         lambda: pipeline.sandbox.stats()["statuses"].get("0", 0) >= 3, 60, "three lost answers"
     )
@@ -122,8 +110,8 @@ def test_ids_used_by_another_transaction_end_in_conflict_and_a_lost_answer_of_ou
 
     # Phase 2: reused ids, answered normally (our amounts differ from theirs: their status is
     # not ours to take). Some of ours are pending at IBKR so that they are polled.
-    pipeline.publish([transfer(cid, "30.00", "U15667") for cid in foreign_done])
-    pipeline.publish([transfer(cid, "300.00", "U15667") for cid in foreign_pending])
+    pipeline.publish([transfer(cid, "30.00") for cid in foreign_done])
+    pipeline.publish([transfer(cid, "300.00") for cid in foreign_pending])
 
     all_ids = foreign_done + foreign_pending + lost_fresh + lost_reused
     pipeline.wait_final(len(all_ids), timeout_s=60)

@@ -7,85 +7,22 @@ several times, and (as root, on a host with a local cluster) is stopped and star
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
-import pika
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
-from tests.conftest import TEST_DATABASE_URL
+from tests.builders import polled_every, transfers
+from tests.integration.faults import assert_exactly_once, wait_all_final
 from tests.integration.pipeline import WORST_IBKR, EventCollector, Pipeline
+from tests.services import broker_answers, pg_ctlcluster, postgresql_answers, rabbitmqctl
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.serial]
 
 
-def transfer(cid: int) -> dict[str, Any]:
-    amount = "180.00" if cid % 4 == 0 else "4.00"  # a quarter answer 202 and are polled
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": amount,
-            "currency": "USD",
-        },
-    }
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
-
-
-@pytest.fixture
-def rabbitmq_back_up() -> Iterator[None]:
-    """Whatever happens in the test, RabbitMQ is running again afterwards."""
-    try:
-        yield
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-
-
-def broker_answers(url: str) -> bool:
-    try:
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-    except pika.exceptions.AMQPError:
-        return False
-    return True
-
-
-def assert_exactly_once(pipeline: Pipeline, cids: set[int], events: EventCollector) -> None:
-    statuses = pipeline.statuses()
-    assert set(statuses) == cids
-    assert set(statuses.values()) == {"PROCESSED"}
-    counts = pipeline.sandbox.ledger_counts()
-    assert {cid: n for cid, n in counts.items() if n != 1} == {}, "applied twice"
-    assert set(counts) == cids, "lost"
-    pipeline.wait_for(
-        lambda: {e["clientInstructionId"] for e in events.drain()} >= cids,
-        60,
-        "a PROCESSED event for every instruction",
-    )
-    assert pipeline.alive("worker") and pipeline.alive("scheduler")
-    health = pipeline.cli("health")
-    assert health.returncode == 0, health.stdout + health.stderr
-
-
-def wait_all_final(pipeline: Pipeline, cids: set[int], timeout_s: float) -> None:
-    def done() -> bool:
-        statuses = pipeline.statuses()
-        return set(statuses) >= cids and all(
-            s in ("PROCESSED", "REJECTED", "FAILED", "CONFLICT") for s in statuses.values()
-        )
-
-    pipeline.wait_for(done, timeout_s, f"{len(cids)} final instructions")
+#: A quarter answer 202 and are polled.
+AMOUNT = polled_every(4, "180.00", "4.00")
 
 
 def test_a_rabbitmq_restart_mid_run_loses_nothing_and_needs_no_manual_step(
@@ -97,7 +34,7 @@ def test_a_rabbitmq_restart_mid_run_loses_nothing_and_needs_no_manual_step(
     pipeline.start_scheduler()
     before = set(range(2_100_000, 2_100_100))
     after = set(range(2_100_100, 2_100_150))
-    pipeline.publish([transfer(cid) for cid in sorted(before)])
+    pipeline.publish(transfers(sorted(before), AMOUNT))
     pipeline.wait_for(lambda: len(pipeline.statuses()) >= 20, 60, "the run under way")
 
     rabbitmqctl("stop_app")
@@ -106,7 +43,7 @@ def test_a_rabbitmq_restart_mid_run_loses_nothing_and_needs_no_manual_step(
     rabbitmqctl("await_startup")
     pipeline.wait_for(lambda: broker_answers(pipeline.broker_url), 30, "RabbitMQ back")
     # Producers carry on once the broker is back; the processes reconnect by themselves.
-    pipeline.publish([transfer(cid) for cid in sorted(after)])
+    pipeline.publish(transfers(sorted(after), AMOUNT))
 
     wait_all_final(pipeline, before | after, 150)
     assert_exactly_once(pipeline, before | after, events)
@@ -120,7 +57,7 @@ def test_postgresql_connections_cut_repeatedly_mid_run_lose_nothing(
     pipeline.start_worker()
     pipeline.start_scheduler()
     cids = set(range(2_200_000, 2_200_200))
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
     pipeline.wait_for(lambda: len(pipeline.statuses()) >= 10, 60, "the run under way")
 
     cut = 0
@@ -137,46 +74,6 @@ def test_postgresql_connections_cut_repeatedly_mid_run_lose_nothing(
     assert_exactly_once(pipeline, cids, events)
 
 
-def pg_ctlcluster(action: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])[
-        -1
-    ]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"]
-        if action != "start"
-        else ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def postgresql_answers(url: str) -> bool:
-    try:
-        pipeline_engine = create_engine(url)
-        with pipeline_engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        pipeline_engine.dispose()
-    except OperationalError:
-        return False
-    return True
-
-
-@pytest.fixture
-def postgresql_back_up() -> Iterator[None]:
-    """Whatever happens in the test, the local PostgreSQL cluster is running again afterwards."""
-    if os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
-        message = "restarting the PostgreSQL server needs root on a host with a local cluster"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message} (CI=true: every test must run)", pytrace=False)
-        pytest.skip(message)
-    try:
-        yield
-    finally:
-        if not postgresql_answers(TEST_DATABASE_URL):
-            pg_ctlcluster("start")
-
-
 def test_a_postgresql_server_restart_mid_run_loses_nothing_and_needs_no_manual_step(
     make_pipeline: Callable[..., Pipeline], postgresql_back_up: None
 ) -> None:
@@ -185,7 +82,7 @@ def test_a_postgresql_server_restart_mid_run_loses_nothing_and_needs_no_manual_s
     pipeline.start_worker()
     pipeline.start_scheduler()
     cids = set(range(2_300_000, 2_300_150))
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
     pipeline.wait_for(lambda: len(pipeline.statuses()) >= 10, 60, "the run under way")
 
     pg_ctlcluster("stop")
@@ -218,6 +115,6 @@ def test_processes_started_while_postgresql_is_down_wait_for_it_and_then_work(
     pipeline.wait_for(lambda: postgresql_answers(pipeline.database_url), 60, "PostgreSQL back")
 
     cids = set(range(2_400_000, 2_400_030))
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
     wait_all_final(pipeline, cids, 90)
     assert_exactly_once(pipeline, cids, events)

@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 
 from ibkr_sandbox import Sandbox, SandboxConfig
+from tests.builders import transfer, transfer_bulk
 from tests.integration.pipeline import WORST_IBKR, Pipeline
 from worker.clock import SystemClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
 from worker.store.migrate import upgrade_to_head
-from worker.tracking import decisions
-from worker.tracking.decisions import Action, AttemptFate, Decision
+from worker.tracking.decisions import Action, AttemptFate, Decision, lookup
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -36,16 +36,6 @@ FAST_LIMITS = {
 SINGLES, BULKS, BULK_SIZE = 180, 10, 3
 
 
-def member(cid: int, amount: str) -> dict[str, Any]:
-    return {
-        "clientInstructionId": cid,
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": amount,
-        "currency": "USD",
-    }
-
-
 def requests() -> tuple[list[dict[str, Any]], set[int]]:
     bodies: list[dict[str, Any]] = []
     cids: set[int] = set()
@@ -53,18 +43,11 @@ def requests() -> tuple[list[dict[str, Any]], set[int]]:
         cid = 7_300_000 + i
         # Half answer 201 at once, half 202 and are polled to the end.
         amount = "10.00" if i % 2 else "500.00"
-        bodies.append(
-            {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": member(cid, amount)}
-        )
+        bodies.append(transfer(cid, amount))
         cids.add(cid)
     for b in range(BULKS):
         ids = [7_310_000 + b * BULK_SIZE + k for k in range(BULK_SIZE)]
-        bodies.append(
-            {
-                "instructionType": "INTERNAL_CASH_TRANSFER",
-                "instructions": [member(cid, "20.00") for cid in ids],
-            }
-        )
+        bodies.append(transfer_bulk(ids, "20.00"))
         cids.update(ids)
     return bodies, cids
 
@@ -178,10 +161,7 @@ def in_process_run(tmp_path: Path, key: Any, public_pem: bytes) -> int:
         owner="in-process",
         lease_s=3.0,
     )
-    request = {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": member(9_100_001, "10.00"),
-    }
+    request = transfer(9_100_001, "10.00")
     try:
         received = receive(ctx, request=request, correlation_id=None, message_id="m-1")
         assert received.submission_id is not None
@@ -215,5 +195,5 @@ def test_the_check_bites_without_the_in_flight_wait_the_money_moves_twice(
     def resend_at_once(tracked: Any, looked_at: Any, now: Any) -> Decision:
         return Decision(Action.RESEND, "404: sending again", fate=AttemptFate.NOT_REGISTERED)
 
-    monkeypatch.setattr(decisions, "_absent", resend_at_once)
+    monkeypatch.setattr(lookup, "_absent", resend_at_once)
     assert in_process_run(tmp_path / "unguarded", rsa_private_key, public_pem) == 2

@@ -10,16 +10,13 @@ import signal
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from tests.integration.pipeline import FINAL, WORST_IBKR, Pipeline
-from tests.integration.test_faults_service_restarts import (  # noqa: F401 - the fixture
-    pg_ctlcluster,
-    postgresql_answers,
-    postgresql_back_up,
-)
+from tests.builders import polled_every, transfers
+from tests.integration.faults import wait_all_final
+from tests.integration.pipeline import WORST_IBKR, Pipeline
+from tests.services import pg_ctlcluster, postgresql_answers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.serial]
 
@@ -31,18 +28,8 @@ LIMITS = {
 }
 
 
-def transfer(cid: int) -> dict[str, Any]:
-    # A third answer 202 and are polled to the end; the rest 201.
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": "250.00" if cid % 3 == 0 else "3.00",
-            "currency": "USD",
-        },
-    }
+#: A third answer 202 and are polled to the end; the rest 201.
+AMOUNT = polled_every(3, "250.00", "3.00")
 
 
 def sent(pipeline: Pipeline) -> int:
@@ -67,7 +54,7 @@ def test_the_worst_ibkr_with_kills_two_schedulers_and_a_database_restart_moves_m
         pipeline.start_worker(name, threads=8)
     for name in ("scheduler-1", "scheduler-2"):
         pipeline.start_scheduler(name)
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
 
     pipeline.wait_for(lambda: sent(pipeline) >= 40, 90, "the run under way")
     pipeline.kill("worker-1", signal.SIGKILL)
@@ -82,11 +69,7 @@ def test_the_worst_ibkr_with_kills_two_schedulers_and_a_database_restart_moves_m
     pg_ctlcluster("start")
     pipeline.wait_for(lambda: postgresql_answers(pipeline.database_url), 60, "PostgreSQL back")
 
-    def all_final() -> bool:
-        statuses = pipeline.statuses()
-        return set(statuses) >= cids and all(s in FINAL for s in statuses.values())
-
-    pipeline.wait_for(all_final, 300, f"all {COUNT} final")
+    wait_all_final(pipeline, cids, 300, f"all {COUNT} final")
     statuses = pipeline.statuses()
     assert set(statuses.values()) == {"PROCESSED"}
     assert pipeline.applied_twice_or_lost(cids) == {"applied_twice": {}, "lost": []}

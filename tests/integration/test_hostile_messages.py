@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, text
 
+from tests.builders import transfer
 from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -51,18 +52,6 @@ class Case:
     expect: str
     field: str | None = None
     what: str = ""
-
-
-def ict(cid: int, **changes: Any) -> dict[str, Any]:
-    instruction: dict[str, Any] = {
-        "clientInstructionId": cid,
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": "1.25",
-        "currency": "USD",
-    }
-    instruction.update(changes)
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
 
 
 def envelope(kwargs: Any, message_id: Any = "", **fields: Any) -> dict[str, Any]:
@@ -157,7 +146,10 @@ STRAY_OPTIONS = st.dictionaries(
 @st.composite
 def valid_with_stray_options(draw: st.DrawFn) -> Case:
     return case(
-        {"request": ict(draw(cid))}, "processed", what="stray options", options=draw(STRAY_OPTIONS)
+        {"request": transfer(draw(cid))},
+        "processed",
+        what="stray options",
+        options=draw(STRAY_OPTIONS),
     )
 
 
@@ -182,7 +174,7 @@ def amounts(draw: st.DrawFn) -> Case:
     )
     if kind == "string":
         return case(
-            {"request": ict(n, amount=text_value)},
+            {"request": transfer(n, amount=text_value)},
             "failed",
             "instruction.amount",
             what=f"amount string {text_value}",
@@ -193,7 +185,7 @@ def amounts(draw: st.DrawFn) -> Case:
     else:
         expect = "failed"
     return case(
-        {"request": ict(n, amount="AMOUNT")},
+        {"request": transfer(n, amount="AMOUNT")},
         expect,
         "instruction.amount",
         what=f"amount number {text_value}",
@@ -209,7 +201,7 @@ def huge_exponents(draw: st.DrawFn) -> Case:
     where = draw(st.sampled_from(["amount", "clientInstructionId", "sourceAccountId"]))
     n = draw(cid)
     return case(
-        {"request": ict(n, **{where: "X"})},
+        {"request": transfer(n, **{where: "X"})},
         "dead",
         what=f"{where}={exponent}",
         replace=(("X", exponent.encode()),),
@@ -223,7 +215,7 @@ def deep(draw: st.DrawFn) -> Case:
     kind = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
     nested = kind[0] * depth + b'"x"' + kind[1] * depth
     return case(
-        {"request": ict(draw(cid), **{where: "DEEP"})},
+        {"request": transfer(draw(cid), **{where: "DEEP"})},
         "failed_or_dead",
         f"instruction.{where}",
         what=f"{where} nested {depth}",
@@ -237,7 +229,7 @@ def long_strings(draw: st.DrawFn) -> Case:
     char = draw(st.sampled_from(["x", "é", "\u4e2d", "\U0001f4b8"]))
     where = draw(st.sampled_from(["clientNote", "currency", "sourceAccountId"]))
     case_ = case(
-        {"request": ict(draw(cid), **{where: char * size})},
+        {"request": transfer(draw(cid), **{where: char * size})},
         "failed",
         f"instruction.{where}",
         what=f"{where} of {size} {char!r}",
@@ -263,7 +255,7 @@ def wrong_types(draw: st.DrawFn) -> Case:
         )
     )
     return case(
-        {"request": ict(n, **{where: value})},
+        {"request": transfer(n, **{where: value})},
         "failed",
         f"instruction.{where}",
         what=f"{where}={value!r}",
@@ -275,18 +267,18 @@ def not_requests(draw: st.DrawFn) -> Case:
     n = draw(cid)
     choice = draw(st.integers(0, 7))
     if choice == 0:
-        return case({"request": [ict(n)]}, "dead", what="request is a list")
+        return case({"request": [transfer(n)]}, "dead", what="request is a list")
     if choice == 1:
-        return case({"request": ict(n), "priority": 1}, "dead", what="extra keyword")
+        return case({"request": transfer(n), "priority": 1}, "dead", what="extra keyword")
     if choice == 2:
-        return case({"request": ict(n)}, "dead", what="positional", args=[1])
+        return case({"request": transfer(n)}, "dead", what="positional", args=[1])
     if choice == 3:
-        return case({"request": ict(n)}, "dead", what="unknown actor", actor_name="pay_me")
+        return case({"request": transfer(n)}, "dead", what="unknown actor", actor_name="pay_me")
     if choice == 4:
-        return case({"request": ict(n)}, "dead", what="message id not a string", message_id=5)
+        return case({"request": transfer(n)}, "dead", what="message id not a string", message_id=5)
     if choice == 5:
         return case(
-            {"request": ict(n), "correlation_id": draw(st.integers())},
+            {"request": transfer(n), "correlation_id": draw(st.integers())},
             "failed",
             "correlation_id",
             what="correlation id not a string",
@@ -294,13 +286,13 @@ def not_requests(draw: st.DrawFn) -> Case:
     if choice == 6:
         many = b"[" + b",".join([b"0"] * 120_000) + b"]"
         return case(
-            {"request": ict(n, clientNote="MANY")},
+            {"request": transfer(n, clientNote="MANY")},
             "dead",
             what="too many values",
             replace=(("MANY", many),),
         )
     return case(
-        {"request": ict(n, clientNote="BAD")},
+        {"request": transfer(n, clientNote="BAD")},
         "dead",
         what="invalid UTF-8",
         replace=(("BAD", b'"\xff\xfe\xc0"'),),
@@ -315,7 +307,7 @@ def raw_bytes(draw: st.DrawFn) -> Case:
 
 @st.composite
 def without_message_id(draw: st.DrawFn) -> Case:
-    body = envelope({"request": ict(draw(cid))})
+    body = envelope({"request": transfer(draw(cid))})
     body.pop("message_id")
     if draw(st.booleans()):
         body["message_id"] = ""
@@ -404,7 +396,7 @@ def observer(make_pipeline: Callable[..., Pipeline]) -> Iterator[Observer]:
     pipeline.start("worker", "worker")  # the defaults: threads, prefetch, MAX_MESSAGE_BYTES
     observer = Observer(pipeline)
     # Started and consuming before the first example.
-    pipeline.publish([ict(next(_ids))])  # through dramatiq: declares the queue first
+    pipeline.publish([transfer(next(_ids))])  # through dramatiq: declares the queue first
     pipeline.wait_for(lambda: "PROCESSED" in pipeline.statuses().values(), 60, "the worker")
     yield observer
     observer.close()

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from tests.builders import bank_instruction, deposit, single, transfer
 from tests.integration.pipeline import EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -113,22 +114,19 @@ def ibkr_echoes_bank_numbers(pipeline: Pipeline) -> None:
 
 
 def ach(cid: int, account: str, **changes: Any) -> dict[str, Any]:
-    instruction: dict[str, Any] = {
-        "clientInstructionId": cid,
-        "accountId": "U15667",
-        "bankInstructionCode": "USACH",
-        "achType": "DEBIT_CREDIT",
-        "bankInstructionName": f"Secret test {cid}",
-        "currency": "USD",
-        "clientAccountInfo": {
-            "bankRoutingNumber": ROUTING_NUMBER,
-            "bankAccountNumber": account,
-            "bankName": "Demo Credit Union",
-            "bankAccountTypeCode": 1,
-        },
+    """An ACH bank instruction that carries the bank account number `account`."""
+    info = {
+        "bankRoutingNumber": ROUTING_NUMBER,
+        "bankAccountNumber": account,
+        "bankName": "Demo Credit Union",
+        "bankAccountTypeCode": 1,
     }
-    instruction.update(changes)
-    return {"instructionType": "ACH_INSTRUCTION", "instruction": instruction}
+    fields = {
+        "accountId": "U15667",
+        "bankInstructionName": f"Secret test {cid}",
+        "clientAccountInfo": info,
+    }
+    return bank_instruction(cid, **(fields | changes))
 
 
 def dramatiq_body(kwargs: Any, *, actor: str = "submit_instruction") -> bytes:
@@ -155,35 +153,9 @@ def test_no_secret_or_account_number_reaches_anything_people_read(
     pipeline.start_scheduler()
     good = [
         ach(930001, BANK_ACCOUNT),
-        {
-            "instructionType": "DEPOSIT",
-            "instruction": {
-                "clientInstructionId": 930002,
-                "accountId": "U46377",
-                "amount": "100.00",
-                "currency": "USD",
-                "bankInstructionMethod": "WIRE",
-                "identifier": SENDER_ACCOUNT,
-            },
-        },
-        {
-            "instructionType": "QUERY_BANK_INSTRUCTION",
-            "instruction": {
-                "clientInstructionId": 930003,
-                "accountId": "U139838",
-                "bankInstructionMethod": "ACH",
-            },
-        },
-        {
-            "instructionType": "INTERNAL_CASH_TRANSFER",
-            "instruction": {
-                "clientInstructionId": 930004,
-                "sourceAccountId": "U46377",
-                "targetAccountId": "U15667",
-                "amount": "1.00",
-                "currency": "USD",
-            },
-        },
+        deposit(930002, amount="100.00", identifier=SENDER_ACCOUNT),
+        single("QUERY_BANK_INSTRUCTION", 930003, accountId="U139838"),
+        transfer(930004, "1.00"),
     ]
     pipeline.publish(good[:2])
     pipeline.wait_for(lambda: len(pipeline.statuses()) >= 2, 30, "the first requests")
@@ -194,16 +166,7 @@ def test_no_secret_or_account_number_reaches_anything_people_read(
         [
             ach(930005, FAILED_BANK_ACCOUNT, currency="DOLLARS"),
             ach(930006, BROKEN_BANK_ACCOUNT * 3),
-            {
-                "instructionType": "INTERNAL_CASH_TRANSFER",
-                "instruction": {
-                    "clientInstructionId": 930012,
-                    "sourceAccountId": "U99999",
-                    "targetAccountId": "U15667",
-                    "amount": "1.00",
-                    "currency": "USD",
-                },
-            },
+            transfer(930012, "1.00", sourceAccountId="U99999"),
             {
                 "instructionType": "DWAC",
                 "instruction": {

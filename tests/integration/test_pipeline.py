@@ -3,38 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.builders import transfer
 from tests.integration.pipeline import EventCollector, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
-    return make_pipeline(speed=60.0)
-
-
-def ict(cid: int | None, amount: str = "10.00", target: str = "U15667") -> dict[str, Any]:
-    instruction: dict[str, Any] = {
-        "sourceAccountId": "U46377",
-        "targetAccountId": target,
-        "amount": amount,
-        "currency": "USD",
-    }
-    if cid is not None:
-        instruction["clientInstructionId"] = cid
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
 
 
 def test_internal_transfers_reach_processed_with_events_in_order(pipeline: Pipeline) -> None:
     events = EventCollector(pipeline.broker_url)
     pipeline.start_worker()
     pipeline.start_scheduler()
-    pipeline.publish([ict(810000 + i) for i in range(20)], correlation_id="batch-1")
+    pipeline.publish([transfer(810000 + i) for i in range(20)], correlation_id="batch-1")
     statuses = pipeline.wait_final(20, timeout_s=60)
     assert set(statuses.values()) == {"PROCESSED"}
     assert all(count == 1 for count in pipeline.sandbox.ledger_counts().values())

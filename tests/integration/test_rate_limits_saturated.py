@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
+from tests.builders import polled_every, transfers
 from tests.integration.pipeline import CLIENT_ID, Pipeline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -32,18 +32,8 @@ IBKR_LIMITS = {
 }
 
 
-def transfer(cid: int) -> dict[str, Any]:
-    # Half answer 202 and are polled: two endpoints compete for the client's minute.
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": cid,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": "150.00" if cid % 2 else "5.00",
-            "currency": "USD",
-        },
-    }
+#: Half answer 202 and are polled: two endpoints compete for the client's minute.
+AMOUNT = polled_every(2, "150.00", "5.00", remainder=1)
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ def test_the_limits_hold_as_ibkr_counts_them_on_a_saturated_machine(
     pipeline.start("scheduler", "scheduler")
     cids = set(range(FIRST_ID, FIRST_ID + COUNT))
     started = time.monotonic()
-    pipeline.publish([transfer(cid) for cid in sorted(cids)])
+    pipeline.publish(transfers(sorted(cids), AMOUNT))
     statuses = pipeline.wait_final(COUNT, timeout_s=420, poll_s=2.0)
     elapsed_s = time.monotonic() - started
     assert all(burner.poll() is None for burner in saturated_cpus)  # busy all along

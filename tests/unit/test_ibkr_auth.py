@@ -73,11 +73,6 @@ class FakeIbkr:
         return httpx.Response(200, json={"requestMethod": "GET", "securityPolicy": "HTTPS"})
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 def make_auth(fake: FakeIbkr, key: Any, clock: ManualClock) -> tuple[IbkrAuth, IbkrClient]:
     """A client (rate limits off) on the fake, and its token keeper."""
     settings = Settings(

@@ -33,11 +33,6 @@ def _segment(token: str, index: int) -> bytes:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def signer(rsa_private_key: Any, clock: ManualClock) -> BodySigner:
     return BodySigner(rsa_private_key, CLIENT_ID, KEY_ID, clock)
 

@@ -19,7 +19,7 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter, MessageFailure, make_session_factory
+from models import DeadLetter, MessageFailure
 from tests.unit.tracking_support import (
     ScriptedIbkr,
     answer,
@@ -172,19 +172,6 @@ class RecordingClock(ManualClock):
 def database_away() -> DatabaseAway:
     """What the store raises when the database refuses connections."""
     return DatabaseAway("connection refused", "ConnectionRefusedError")
-
-
-@pytest.fixture
-def store(sqlite_url: str) -> Iterator[Store]:
-    store = Store.connect(sqlite_url)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def factory(store: Store) -> sessionmaker[Session]:
-    """ORM sessions on the store's database, to look at what it wrote."""
-    return make_session_factory(store.engine)
 
 
 def arrival(kwargs: dict[str, Any] | None = None, message_id: str = "m-1") -> Any:

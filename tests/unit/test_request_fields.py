@@ -10,19 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_ibkr_requests import CONTRA_BROKER, MINIMAL, single
+from tests.builders import CONTRA_BROKER, MINIMAL, single, v2
+from tests.unit.request_checks import refusal
 from worker import jsontext
 from worker.ibkr import endpoints
 from worker.ibkr.instructions import INSTRUCTION_MODELS, V2_INSTRUCTION_MODELS, Model
-from worker.ibkr.requests import RequestValidationError, build_body, parse_request
+from worker.ibkr.requests import build_body, parse_request
 from worker.ibkr.schemas import instruction_schema
-
-
-def refusal(raw: Any) -> RequestValidationError:
-    with pytest.raises(RequestValidationError) as caught:
-        parse_request(raw)
-    assert not caught.value.unexpected
-    return caught.value
 
 
 def member(raw: dict[str, Any]) -> dict[str, Any]:
@@ -192,38 +186,6 @@ def test_field_bounds_match_ibkr_s_2_29_document() -> None:
 
 
 # --- v2: several positions per instruction -----------------------------------------------------
-
-V2_FOP = {
-    "accountId": "U46377",
-    "direction": "IN",
-    "contraBrokerAccountId": "12345678A",
-    "contraBrokerDtcCode": "534",
-    "currency": "USD",
-    "positions": [
-        {"conid": 12123, "quantity": 10},
-        {
-            "tradingInstrumentDescription": {
-                "securityIdType": "ISIN",
-                "securityId": "459200101",
-                "assetType": "STK",
-            },
-            "quantity": "2.5",
-        },
-    ],
-}
-
-
-def v2(instruction_type: str = "FOP", **changes: Any) -> dict[str, Any]:
-    instruction = copy.deepcopy(V2_FOP)
-    if instruction_type == "DWAC":
-        instruction.pop("contraBrokerDtcCode")
-        instruction["contraBrokerTaxId"] = "123456789"
-    if instruction_type == "COMPLEX_ASSET_TRANSFER":
-        for name in ("contraBrokerAccountId", "contraBrokerDtcCode"):
-            instruction.pop(name)
-        instruction["contraBrokerInfo"] = dict(CONTRA_BROKER)
-    instruction.update(changes)
-    return {"instructionType": instruction_type, "instruction": instruction}
 
 
 @pytest.mark.parametrize("instruction_type", sorted(V2_INSTRUCTION_MODELS))

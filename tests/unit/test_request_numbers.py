@@ -14,16 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_ibkr_requests import MINIMAL, single
+from tests.builders import MINIMAL, single
+from tests.unit.request_checks import refusal
 from worker import jsontext
 from worker.ibkr.requests import RequestValidationError, build_body, parse_request
-
-
-def refusal(raw: Any) -> RequestValidationError:
-    with pytest.raises(RequestValidationError) as caught:
-        parse_request(raw)
-    assert not caught.value.unexpected, caught.value
-    return caught.value
 
 
 def amount_of(given: Any) -> Decimal:

@@ -27,11 +27,6 @@ from worker.tracking.submit import send
 POST_PATH = "/gw/api/v1/internal-cash-transfers"
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 def rows(ctx, cid=None):  # type: ignore[no-untyped-def]
     with sessions(ctx)() as session:
         query = select(ClientInstruction).order_by(ClientInstruction.id)
@@ -144,8 +139,8 @@ def test_a_lost_answer_is_resent_only_after_its_horizon_and_two_404s_apart(
 ) -> None:
     """A POST whose answer was lost may still register until its in-flight horizon: a 404
     before then proves nothing, and after it two 404s some seconds apart are needed before the
-    same body goes again (guard: `decisions._absent`; make it answer RESEND at once and the
-    POST count after the first 404 becomes 2)."""
+    same body goes again (guard: `decisions.lookup._absent`; make it answer RESEND at once and
+    the POST count after the first 404 becomes 2)."""
     not_found = answer(404, {"type": "/simple", "title": "Not found", "status": 404}, "GET")
     ibkr = ScriptedIbkr(
         posts=[

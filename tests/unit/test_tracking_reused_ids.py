@@ -4,8 +4,6 @@ after our own second POST the 208 may describe our first one and is adopted."""
 
 from __future__ import annotations
 
-import pytest
-
 from models import AuditEvent, ClientInstruction, OutboxEvent
 from tests.unit.tracking_support import (
     ScriptedIbkr,
@@ -23,11 +21,6 @@ from worker.tracking.submit import send
 
 POST_PATH = "/gw/api/v1/internal-cash-transfers"
 NOT_FOUND = {"type": "/simple", "title": "Not found", "status": 404}
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def test_a_208_after_our_only_post_was_lost_is_their_transaction_and_ends_conflict(

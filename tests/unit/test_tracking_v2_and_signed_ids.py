@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from sqlalchemy import select
 
 from models import ClientInstruction, OutboxEvent
-from tests.unit.test_request_fields import v2
+from tests.builders import v2
 from tests.unit.tracking_support import (
     ScriptedIbkr,
     answer,
@@ -22,11 +21,6 @@ from tests.unit.tracking_support import (
 from worker.clock import ManualClock
 from worker.tracking.intake import receive
 from worker.tracking.submit import send
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def test_a_v2_request_is_sent_to_the_v2_endpoint(sqlite_url: str, clock: ManualClock) -> None:

@@ -11,6 +11,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests import builders
 from worker import jsontext
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -29,16 +30,8 @@ def public_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def ict(cid: int, amount: Any = "10.00", **fields: Any) -> dict[str, Any]:
-    """A single INTERNAL_CASH_TRANSFER body."""
-    instruction = {
-        "clientInstructionId": cid,
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": jsontext.loads(str(amount)),
-        "currency": "USD",
-        **fields,
-    }
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
+    """A single INTERNAL_CASH_TRANSFER body, its amount a JSON number."""
+    return builders.transfer(cid, jsontext.loads(str(amount)), **fields)
 
 
 class SandboxClient:

@@ -5,14 +5,13 @@ received with the failure count reset."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import DeadLetter, DeadLetterOriginal, MessageFailure, make_session_factory
+from models import DeadLetter, DeadLetterOriginal, MessageFailure
 from worker.audit import list_dead_letters
 from worker.store import Store
 from worker.tracking.deadletters import (
@@ -26,19 +25,6 @@ from worker.tracking.deadletters import (
 
 NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 BANK = "004455667788"
-
-
-@pytest.fixture
-def store(sqlite_url: str) -> Iterator[Store]:
-    store = Store.connect(sqlite_url)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def factory(store: Store) -> sessionmaker[Session]:
-    """ORM sessions on the store's database, to look at what it wrote."""
-    return make_session_factory(store.engine)
 
 
 def message(note: str = "hello", **instruction: object) -> bytes:

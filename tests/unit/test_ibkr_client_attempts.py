@@ -9,19 +9,13 @@ from typing import Any
 
 import httpx
 import jwt
-import pytest
 
-from tests.unit.test_ibkr_client import ACCEPTED, BODY, Gateway, make_client
+from tests.unit.client_support import ACCEPTED, BODY, Gateway, make_client
 from worker.clock import ManualClock
 from worker.ibkr.client import SIGNED_JWT_POLICY_REFUSAL, SendBudget
 from worker.ibkr.endpoints import INTERNAL_CASH_TRANSFERS
 from worker.ibkr.ratelimit import MemoryLedger, RateLimiter
 from worker.ibkr.responses import Outcome
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def claims(request: httpx.Request) -> dict[str, Any]:

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.builders import MINIMAL, v2
 from tests.sandbox.support import in_process
-from tests.unit.test_ibkr_requests import MINIMAL
-from tests.unit.test_request_fields import v2
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 from worker.ibkr.instructions import INSTRUCTION_MODELS

@@ -36,11 +36,6 @@ LOST = no_response("POST", POST_PATH, Outcome.UNKNOWN, "read timeout")
 HORIZON_S = max(90, 30 + 120) + 30
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 def second_process(ctx: TrackingContext, ibkr: ScriptedIbkr) -> TrackingContext:
     """Another scheduler on the same database: its own leases, its own IBKR client."""
     return replace(ctx, ibkr=ibkr, owner="other-process", actor="scheduler")
@@ -196,7 +191,7 @@ def test_a_post_held_in_flight_that_registers_late_is_found_not_sent_again(
     sqlite_url: str, clock: ManualClock
 ) -> None:
     """The worst IBKR: the POST is in flight past our timeout, GETs answer 404, then it
-    registers. Guard: `decisions._absent` (answer RESEND on the first 404 and the second POST
+    registers. Guard: `decisions.lookup._absent` (answer RESEND on the first 404 and the second POST
     goes out while the first is still in flight)."""
     ibkr = ScriptedIbkr(
         posts=[LOST],

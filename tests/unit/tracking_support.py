@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_session_factory
+from tests import builders
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.ibkr.client import SendBudget
@@ -107,12 +108,5 @@ def sessions(ctx: TrackingContext) -> sessionmaker[Session]:
 def transfer(
     cid: int | None = 1012983, amount: str = "123.45", source: str = "U46377"
 ) -> dict[str, Any]:
-    instruction: dict[str, Any] = {
-        "sourceAccountId": source,
-        "targetAccountId": "U15667",
-        "amount": amount,
-        "currency": "USD",
-    }
-    if cid is not None:
-        instruction = {"clientInstructionId": cid, **instruction}
-    return {"instructionType": "INTERNAL_CASH_TRANSFER", "instruction": instruction}
+    """The tracking tests' transfer: `tests.builders.transfer` with their usual id and amount."""
+    return builders.transfer(cid, amount, sourceAccountId=source)

@@ -81,7 +81,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if throughput and "baseline" in throughput:
         before = throughput["baseline"]
         add(
-            f"pipeline / floor against {before['commit'][:60]} (medians, same run)",
+            f"pipeline / floor against {before['commit'].split()[0]} (medians, same run)",
             f"{before['ratio_now']} vs {before['ratio']}",
             f">= {before['ratio']} - {BASELINE_SLACK}",
             _verdict(before["ratio_now"] >= before["ratio"] - BASELINE_SLACK),

@@ -18,11 +18,6 @@ def other_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture
-def env(rsa_private_key: Any) -> tuple[Any, SandboxClient]:
-    return in_process(rsa_private_key)
-
-
 def test_token_is_issued_for_a_valid_assertion(env: tuple[Any, SandboxClient]) -> None:
     sandbox, client = env
     response = client.token_request("transfers.write instructions.read")

@@ -13,11 +13,6 @@ from tests.sandbox.support import SandboxClient, ict, in_process, public_pem
 Env = tuple[Any, SandboxClient]
 
 
-@pytest.fixture
-def env(rsa_private_key: Any) -> Env:
-    return in_process(rsa_private_key)
-
-
 def _status(client: SandboxClient, cid: int) -> str:
     return str(client.status(cid)["instructionStatus"])
 

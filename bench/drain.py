@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from bench import runs
 from bench.common import (
     BIN,
     Services,
@@ -43,16 +44,7 @@ CLIENT_RATE_PER_S = 10.0
 def transfer(client_instruction_id: int) -> dict[str, Any]:
     # Every second one above the sandbox's threshold: 202, finished 1-3 s later.
     slow = client_instruction_id % 2 == 0
-    return {
-        "instructionType": "INTERNAL_CASH_TRANSFER",
-        "instruction": {
-            "clientInstructionId": client_instruction_id,
-            "sourceAccountId": "U46377",
-            "targetAccountId": "U15667",
-            "amount": 150 if slow else 2.5,
-            "currency": "USD",
-        },
-    }
+    return runs.transfer(client_instruction_id, 150 if slow else 2.5)
 
 
 def _finals(database_url: str, n: int) -> tuple[int, float | None]:

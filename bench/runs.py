@@ -51,14 +51,14 @@ class Shape:
     threads: int
 
 
-def transfer(client_instruction_id: int) -> dict[str, Any]:
+def transfer(client_instruction_id: int, amount: float = 1.25) -> dict[str, Any]:
     return {
         "instructionType": "INTERNAL_CASH_TRANSFER",
         "instruction": {
             "clientInstructionId": client_instruction_id,
             "sourceAccountId": "U46377",
             "targetAccountId": "U15667",
-            "amount": 1.25,
+            "amount": amount,
             "currency": "USD",
         },
     }

@@ -11,21 +11,13 @@ from typing import Any
 
 import httpx
 
+from tests import builders
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.ibkr.client import IbkrClient
 
 BASE = "https://ibkr.test"
-BODY = {
-    "instructionType": "INTERNAL_CASH_TRANSFER",
-    "instruction": {
-        "clientInstructionId": 1012983,
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": Decimal("123.45"),
-        "currency": "USD",
-    },
-}
+BODY = builders.transfer(1012983, Decimal("123.45"))
 ACCEPTED = {
     "status": 202,
     "instructionSetId": 1703,

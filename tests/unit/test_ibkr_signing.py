@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.unit.client_support import BODY
 from worker.clock import ManualClock
 from worker.ibkr.signing import (
     BodySigner,
@@ -35,18 +36,6 @@ def _segment(token: str, index: int) -> bytes:
 @pytest.fixture
 def signer(rsa_private_key: Any, clock: ManualClock) -> BodySigner:
     return BodySigner(rsa_private_key, CLIENT_ID, KEY_ID, clock)
-
-
-BODY = {
-    "instructionType": "INTERNAL_CASH_TRANSFER",
-    "instruction": {
-        "clientInstructionId": 1012983,
-        "sourceAccountId": "U46377",
-        "targetAccountId": "U15667",
-        "amount": Decimal("123.45"),
-        "currency": "USD",
-    },
-}
 
 
 def test_signed_body_verifies_with_the_public_key(
